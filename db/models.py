@@ -1,0 +1,127 @@
+"""Patient / Study / Series / Instance tables with kept-up-to-date counts.
+
+Columns are flat and indexed for the lookups C-FIND makes (PS3.4 C.6.1/C.6.2 keys); the
+counts and ModalitiesInStudy are maintained at ingest so queries never aggregate.
+"""
+
+from __future__ import annotations
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    FloatField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+database = DatabaseProxy()
+
+SCHEMA_VERSION = 1
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Meta(BaseModel):
+    """Key/value facts about the catalogue itself (schema version)."""
+
+    key = CharField(primary_key=True, max_length=64)
+    value = TextField()
+
+
+class Patient(BaseModel):
+    id = AutoField()
+    patient_id = CharField(max_length=64, unique=True)  # "" when the sender gave none
+    patient_name = CharField(max_length=324, null=True, index=True)
+    patient_name_folded = CharField(max_length=324, null=True, index=True)
+    issuer_of_patient_id = CharField(max_length=64, null=True)
+    patient_birth_date = CharField(max_length=8, null=True, index=True)
+    patient_sex = CharField(max_length=16, null=True)
+    specific_character_set = CharField(max_length=128, null=True)
+    num_studies = IntegerField(default=0)
+    num_series = IntegerField(default=0)
+    num_instances = IntegerField(default=0)
+
+
+class Study(BaseModel):
+    id = AutoField()
+    study_uid = CharField(max_length=64, unique=True)
+    patient = ForeignKeyField(Patient, backref="studies", index=True, on_delete="CASCADE")
+    study_date = CharField(max_length=8, null=True, index=True)
+    study_time = CharField(max_length=16, null=True)
+    accession_number = CharField(max_length=64, null=True, index=True)
+    study_id = CharField(max_length=16, null=True)
+    study_description = CharField(max_length=64, null=True)
+    referring_physician_name = CharField(max_length=324, null=True)
+    referring_physician_name_folded = CharField(max_length=324, null=True)
+    institution_name = CharField(max_length=64, null=True)
+    specific_character_set = CharField(max_length=128, null=True)
+    modalities_in_study = CharField(max_length=256, default="")  # backslash list, sorted
+    num_series = IntegerField(default=0)
+    num_instances = IntegerField(default=0)
+    created_at = DateTimeField(index=True)
+
+
+class Series(BaseModel):
+    id = AutoField()
+    series_uid = CharField(max_length=64, unique=True)
+    study = ForeignKeyField(Study, backref="series", index=True, on_delete="CASCADE")
+    modality = CharField(max_length=16, null=True, index=True)
+    series_number = IntegerField(null=True)
+    series_description = CharField(max_length=64, null=True)
+    body_part_examined = CharField(max_length=16, null=True)
+    series_date = CharField(max_length=8, null=True)
+    series_time = CharField(max_length=16, null=True)
+    protocol_name = CharField(max_length=64, null=True)
+    num_instances = IntegerField(default=0)
+
+
+class Instance(BaseModel):
+    id = AutoField()
+    sop_instance_uid = CharField(max_length=64, unique=True)
+    series = ForeignKeyField(Series, backref="instances", index=True, on_delete="CASCADE")
+    sop_class_uid = CharField(max_length=64, index=True)
+    instance_number = IntegerField(null=True)
+    content_date = CharField(max_length=8, null=True)
+    content_time = CharField(max_length=16, null=True)
+    image_type = CharField(max_length=256, null=True)
+    # storage
+    path = CharField(max_length=512)
+    transfer_syntax = CharField(max_length=64)
+    size = BigIntegerField()
+    sha256 = CharField(max_length=64)
+    source_ae = CharField(max_length=16, null=True)
+    received_at = DateTimeField()
+    # pixel data, so frames are served by a file read
+    pixel_offset = BigIntegerField(null=True)
+    pixel_length = BigIntegerField(null=True)
+    encapsulated = IntegerField(default=0)
+    frame_fragments = TextField(null=True)  # JSON [[[offset, length], ...], ...] per frame
+    rows = IntegerField(null=True)
+    columns = IntegerField(null=True)
+    number_of_frames = IntegerField(null=True)
+    samples_per_pixel = IntegerField(null=True)
+    photometric_interpretation = CharField(max_length=16, null=True)
+    bits_allocated = IntegerField(null=True)
+    bits_stored = IntegerField(null=True)
+    pixel_representation = IntegerField(null=True)
+    rescale_slope = FloatField(null=True)
+    rescale_intercept = FloatField(null=True)
+    window_center = CharField(max_length=128, null=True)
+    window_width = CharField(max_length=128, null=True)
+    pixel_spacing = CharField(max_length=64, null=True)
+    image_position_patient = CharField(max_length=128, null=True)
+    image_orientation_patient = CharField(max_length=256, null=True)
+    slice_location = FloatField(null=True)
+    specific_character_set = CharField(max_length=128, null=True)
+
+
+ALL_MODELS = [Meta, Patient, Study, Series, Instance]

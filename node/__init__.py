@@ -1,0 +1,1 @@
+"""The node: configuration, storage, the one ingest path, and the command line."""

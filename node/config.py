@@ -1,0 +1,191 @@
+"""Read config.toml once into frozen dataclasses; fail fast with the full key path.
+
+Every other module receives these objects; none reads the file again (shared/STYLE.md, 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+DUPLICATE_POLICIES = ("ignore", "overwrite", "reject")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    ae_title: str = "PACSNODE"
+    data_dir: Path = Path("./data")
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    host: str = "0.0.0.0"
+    port: int = 11112
+    max_associations: int = 16
+    allowed_callers: tuple[str, ...] = ()
+    duplicate_policy: str = "ignore"
+    max_pdu_length: int = 262144
+    network_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    remotes: dict[str, RemoteSettings] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Load and check a config file; relative paths resolve against its folder."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return settings_from_mapping(raw, base_dir=path.resolve().parent, source=path.resolve())
+
+
+def settings_from_mapping(
+    raw: dict[str, Any], base_dir: Path, source: Path | None = None
+) -> Settings:
+    """Build Settings from a parsed TOML mapping (tests build configs this way too)."""
+    known = {f.name for f in dataclasses.fields(Settings)} - {"source"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
+    sections: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        if f.name in ("source", "remotes"):
+            continue
+        sections[f.name] = _build(_hint(Settings, f.name), raw.get(f.name, {}), f.name, base_dir)
+    remotes_raw = raw.get("remotes", {})
+    if not isinstance(remotes_raw, dict):
+        raise ConfigError("remotes: expected a table of [remotes.AE_TITLE] tables")
+    remotes = {}
+    for ae_title, table in remotes_raw.items():
+        _check_ae_title(ae_title, f"remotes.{ae_title}")
+        remotes[ae_title] = _build(RemoteSettings, table, f"remotes.{ae_title}", base_dir)
+    settings = Settings(**sections, remotes=remotes, source=source)
+    _check_values(settings)
+    return settings
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _build(cls: type, table: Any, where: str, base_dir: Path) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key_path = f"{where}.{name}"
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key_path}: missing value")
+            continue
+        values[name] = _convert(hints[name], table[name], key_path, base_dir)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key_path: str, base_dir: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key_path}: expected a path string, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (base_dir / path).resolve()
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key_path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key_path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key_path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key_path}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key_path}: expected a list, got {value!r}")
+        return tuple(_convert(item, v, f"{key_path}[{i}]", base_dir) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(args[0], value, key_path, base_dir)
+    raise ConfigError(f"{key_path}: unsupported setting type {hint}")  # pragma: no cover
+
+
+def _check_ae_title(value: str, key_path: str) -> None:
+    if not value or len(value) > 16 or not value.isascii() or "\\" in value or not value.strip():
+        raise ConfigError(f"{key_path}: not a valid AE title (1-16 ASCII characters): {value!r}")
+
+
+def _check_port(value: int, key_path: str) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{key_path}: expected a port 0-65535, got {value}")
+
+
+def _check_values(s: Settings) -> None:
+    _check_ae_title(s.node.ae_title, "node.ae_title")
+    _check_port(s.dicom.port, "dicom.port")
+    _check_port(s.web.port, "web.port")
+    for name, remote in s.remotes.items():
+        _check_port(remote.port, f"remotes.{name}.port")
+    for i, caller in enumerate(s.dicom.allowed_callers):
+        _check_ae_title(caller, f"dicom.allowed_callers[{i}]")
+    if s.dicom.max_associations < 1:
+        raise ConfigError("dicom.max_associations: expected at least 1")
+    if s.dicom.duplicate_policy not in DUPLICATE_POLICIES:
+        raise ConfigError(
+            f"dicom.duplicate_policy: expected one of {', '.join(DUPLICATE_POLICIES)}, "
+            f"got {s.dicom.duplicate_policy!r}"
+        )
+    url = s.database.url
+    if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise ConfigError(f"database.url: expected empty, postgresql://... or sqlite:///..., got {url!r}")

@@ -1,0 +1,362 @@
+"""Header-only reading of DICOM bytes and the byte ranges of their pixel data.
+
+The node never decodes a whole dataset on the hot path: it parses the header with
+``stop_before_pixels`` and walks the Pixel Data element by hand, so frames can later be
+served by reading byte ranges from the stored file (PS3.5 7.5 and A.4 for the encapsulated
+format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.filereader import _at_pixel_data, read_dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+from node.errors import InvalidDataset
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1583.1"  # node-local, under a UID prefix for test tools
+IMPLEMENTATION_VERSION = "PACSNODE_1"
+
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQ_DELIM = b"\xfe\xff\xdd\xe0"
+_UNDEFINED = 0xFFFFFFFF
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+
+
+@dataclass(frozen=True)
+class PixelLayout:
+    """Where the pixel bytes lie in the file, so frames are read, never decoded.
+
+    ``frames`` is one list of (offset, length) fragments per frame for encapsulated data,
+    empty for native data (frame n starts at ``offset + (n-1) * frame_length``).
+    """
+
+    offset: int | None = None
+    length: int | None = None
+    encapsulated: bool = False
+    frames: tuple[tuple[tuple[int, int], ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The attributes the catalogue indexes, read from one instance's header."""
+
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    pixels: PixelLayout = PixelLayout()
+    source_ae: str | None = None  # from the file meta, when a stored file is re-read
+
+
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                     source_ae: str = "") -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1), encoded directly.
+
+    Building it through pydicom Datasets costs more than the rest of a small C-STORE.
+    """
+    elements = [
+        _explicit(0x0001, b"OB", b"\x00\x01"),
+        _explicit(0x0002, b"UI", _uid_bytes(sop_class_uid)),
+        _explicit(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
+        _explicit(0x0010, b"UI", _uid_bytes(transfer_syntax)),
+        _explicit(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
+        _explicit(0x0013, b"SH", _text_bytes(IMPLEMENTATION_VERSION)),
+    ]
+    if source_ae:
+        elements.append(_explicit(0x0016, b"AE", _text_bytes(source_ae.strip())))
+    body = b"".join(elements)
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def _uid_bytes(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _text_bytes(text: str) -> bytes:
+    raw = text.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG_VRS:
+        return struct.pack("<HH", 2, element) + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return struct.pack("<HH", 2, element) + vr + struct.pack("<H", len(value)) + value
+
+
+_PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error,
+                 OverflowError, NotImplementedError, AttributeError, IndexError)
+
+
+def read_header(part10: bytes | memoryview) -> InstanceHeader:
+    """Parse a Part 10 byte string (preamble, meta, dataset) up to its pixel data.
+
+    Raises InvalidDataset for anything that cannot be stored and served safely.
+    """
+    fp = io.BytesIO(part10)
+    try:
+        ds = dcmread(fp, stop_before_pixels=True)
+    except _PARSE_ERRORS as exc:
+        raise InvalidDataset(f"cannot parse the dataset: {exc}") from None
+    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
+    if not ts:
+        raise InvalidDataset("no Transfer Syntax UID in the file meta information")
+    header = _finish(ds, ts, part10, fp.tell(), 0)
+    source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
+    return dataclasses.replace(header, source_ae=source_ae or None)
+
+
+def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
+                        file_offset: int) -> InstanceHeader:
+    """Parse a dataset as received over DIMSE (no meta); pixel offsets are shifted by
+    ``file_offset``, the size of the meta written in front of it in the stored file."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        raise ValueError("deflated datasets are parsed as Part 10 files")
+    uid = UID(transfer_syntax)
+    fp = io.BytesIO(dataset)
+    try:
+        ds = read_dataset(fp, uid.is_implicit_VR, uid.is_little_endian, stop_when=_at_pixel_data)
+    except _PARSE_ERRORS as exc:
+        raise InvalidDataset(f"cannot parse the dataset: {exc}") from None
+    if len(ds) == 0:
+        raise InvalidDataset("the dataset is empty")
+    return _finish(ds, transfer_syntax, dataset, fp.tell(), file_offset)
+
+
+def _finish(ds: Any, ts: str, data: bytes | memoryview, pixel_pos: int, file_offset: int) -> InstanceHeader:
+    try:
+        attrs = header_attributes(ds)
+    except _PARSE_ERRORS + (LookupError,) as exc:
+        raise InvalidDataset(f"cannot decode the header: {exc}") from None
+    for key in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
+        if not attrs.get(key):
+            raise InvalidDataset(f"the dataset has no {_UID_KEYWORDS[key]}")
+        if not is_valid_uid(attrs[key]):
+            raise InvalidDataset(f"{_UID_KEYWORDS[key]} is not a valid UID: {attrs[key][:80]!r}")
+    uid = UID(ts)
+    if ts == DeflatedExplicitVRLittleEndian or not uid.is_little_endian:
+        pixels = PixelLayout()  # offsets into a deflated or big endian stream are of no use
+    else:
+        pixels = locate_pixel_data(data, pixel_pos, attrs.get("number_of_frames") or 1,
+                                   explicit=not uid.is_implicit_VR)
+        if file_offset and pixels.offset is not None:
+            pixels = shift_layout(pixels, file_offset)
+    return InstanceHeader(
+        transfer_syntax=ts,
+        sop_class_uid=attrs.pop("sop_class_uid"),
+        sop_instance_uid=attrs.pop("sop_instance_uid"),
+        study_uid=attrs.pop("study_uid"),
+        series_uid=attrs.pop("series_uid"),
+        attrs=attrs,
+        pixels=pixels,
+    )
+
+
+def is_valid_uid(value: str) -> bool:
+    """PS3.5 9.1: at most 64 characters, digits and dots (leniently: no empty components)."""
+    return 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def shift_layout(pixels: PixelLayout, by: int) -> PixelLayout:
+    return PixelLayout(
+        offset=pixels.offset + by if pixels.offset is not None else None,
+        length=pixels.length,
+        encapsulated=pixels.encapsulated,
+        frames=tuple(tuple((o + by, n) for o, n in frame) for frame in pixels.frames),
+    )
+
+
+_UID_KEYWORDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+}
+
+# catalogue attribute -> (DICOM keyword, kind); kind says how the value is stored.
+HEADER_FIELDS: dict[str, tuple[str, str]] = {
+    "sop_class_uid": ("SOPClassUID", "uid"),
+    "sop_instance_uid": ("SOPInstanceUID", "uid"),
+    "study_uid": ("StudyInstanceUID", "uid"),
+    "series_uid": ("SeriesInstanceUID", "uid"),
+    "specific_character_set": ("SpecificCharacterSet", "multi"),
+    "patient_id": ("PatientID", "text"),
+    "issuer_of_patient_id": ("IssuerOfPatientID", "text"),
+    "patient_name": ("PatientName", "text"),
+    "patient_birth_date": ("PatientBirthDate", "text"),
+    "patient_sex": ("PatientSex", "text"),
+    "study_date": ("StudyDate", "text"),
+    "study_time": ("StudyTime", "text"),
+    "accession_number": ("AccessionNumber", "text"),
+    "study_id": ("StudyID", "text"),
+    "study_description": ("StudyDescription", "text"),
+    "referring_physician_name": ("ReferringPhysicianName", "text"),
+    "institution_name": ("InstitutionName", "text"),
+    "modality": ("Modality", "text"),
+    "series_number": ("SeriesNumber", "int"),
+    "series_description": ("SeriesDescription", "text"),
+    "body_part_examined": ("BodyPartExamined", "text"),
+    "series_date": ("SeriesDate", "text"),
+    "series_time": ("SeriesTime", "text"),
+    "protocol_name": ("ProtocolName", "text"),
+    "instance_number": ("InstanceNumber", "int"),
+    "content_date": ("ContentDate", "text"),
+    "content_time": ("ContentTime", "text"),
+    "image_type": ("ImageType", "multi"),
+    "rows": ("Rows", "int"),
+    "columns": ("Columns", "int"),
+    "number_of_frames": ("NumberOfFrames", "int"),
+    "samples_per_pixel": ("SamplesPerPixel", "int"),
+    "photometric_interpretation": ("PhotometricInterpretation", "text"),
+    "bits_allocated": ("BitsAllocated", "int"),
+    "bits_stored": ("BitsStored", "int"),
+    "pixel_representation": ("PixelRepresentation", "int"),
+    "rescale_slope": ("RescaleSlope", "float"),
+    "rescale_intercept": ("RescaleIntercept", "float"),
+    "window_center": ("WindowCenter", "multi"),
+    "window_width": ("WindowWidth", "multi"),
+    "pixel_spacing": ("PixelSpacing", "multi"),
+    "image_position_patient": ("ImagePositionPatient", "multi"),
+    "image_orientation_patient": ("ImageOrientationPatient", "multi"),
+    "slice_location": ("SliceLocation", "float"),
+}
+
+
+def header_attributes(ds: Any) -> dict[str, Any]:
+    """Catalogue values from a header dataset, text decoded with its character set."""
+    values: dict[str, Any] = {}
+    for name, (keyword, kind) in HEADER_FIELDS.items():
+        value = ds.get(keyword)
+        if value is None or value == "":
+            values[name] = None
+        elif kind == "uid":
+            values[name] = str(value).strip("\x00 ")
+        elif kind == "int":
+            values[name] = _first_number(value, int)
+        elif kind == "float":
+            values[name] = _first_number(value, float)
+        elif kind == "multi":
+            values[name] = "\\".join(str(v) for v in _as_list(value)) or None
+        else:
+            values[name] = str(value).strip() or None
+    return values
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _first_number(value: Any, kind: type) -> Any:
+    value = next(iter(_as_list(value)), None)
+    if value is None or value == "":
+        return None
+    try:
+        number = kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(number, float) and not math.isfinite(number):
+        return None
+    return number
+
+
+def locate_pixel_data(data: bytes | memoryview, pos: int, number_of_frames: int,
+                      explicit: bool) -> PixelLayout:
+    """Byte ranges of the top-level Pixel Data element starting at ``pos`` (if it is there).
+
+    Truncated pixel data is an InvalidDataset: storing it would acknowledge an image that
+    can never be shown.
+    """
+    view = memoryview(data)
+    end = len(view)
+    if pos + 8 > end or bytes(view[pos:pos + 4]) != _PIXEL_TAG_LE:
+        return PixelLayout()
+    if explicit:
+        if pos + 12 > end:
+            raise InvalidDataset("the dataset is truncated inside the Pixel Data element header")
+        (length,) = struct.unpack_from("<I", view, pos + 8)
+        value_start = pos + 12
+    else:
+        (length,) = struct.unpack_from("<I", view, pos + 4)
+        value_start = pos + 8
+    if length != _UNDEFINED:
+        if value_start + length > end:
+            raise InvalidDataset(
+                f"the dataset is truncated: Pixel Data declares {length} bytes, "
+                f"{end - value_start} are present"
+            )
+        return PixelLayout(offset=value_start, length=length)
+    fragments, basic_offsets, first_item, stop = _read_items(view, value_start)
+    frames = _group_fragments(view, fragments, basic_offsets, first_item, max(number_of_frames, 1))
+    return PixelLayout(offset=value_start, length=stop - value_start, encapsulated=True, frames=frames)
+
+
+def _read_items(view: memoryview, pos: int) -> tuple[list[tuple[int, int]], list[int], int, int]:
+    end = len(view)
+    fragments: list[tuple[int, int]] = []
+    basic_offsets: list[int] = []
+    first_item = -1
+    index = 0
+    while True:
+        if pos + 8 > end:
+            raise InvalidDataset("the dataset is truncated inside encapsulated Pixel Data")
+        tag = bytes(view[pos:pos + 4])
+        (length,) = struct.unpack_from("<I", view, pos + 4)
+        if tag == _SEQ_DELIM:
+            return fragments, basic_offsets, first_item, pos + 8
+        if tag != _ITEM or length == _UNDEFINED:
+            raise InvalidDataset("encapsulated Pixel Data holds something other than items")
+        if pos + 8 + length > end:
+            raise InvalidDataset("the dataset is truncated inside an encapsulated fragment")
+        if index == 0:
+            basic_offsets = list(struct.unpack_from(f"<{length // 4}I", view, pos + 8))
+        else:
+            if first_item < 0:
+                first_item = pos
+            fragments.append((pos + 8, length))
+        index += 1
+        pos += 8 + length
+
+
+def _group_fragments(view: memoryview, fragments: list[tuple[int, int]], basic_offsets: list[int],
+                     first_item: int, number_of_frames: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Fragments per frame (PS3.5 A.4): one frame takes all; else the Basic Offset Table;
+    else one fragment a frame; else a new frame at each codestream start marker."""
+    if not fragments:
+        return ()
+    if number_of_frames == 1:
+        return (tuple(fragments),)
+    if len(basic_offsets) == number_of_frames and first_item >= 0:
+        starts = [first_item + off for off in basic_offsets] + [1 << 62]
+        frames: list[list[tuple[int, int]]] = [[] for _ in basic_offsets]
+        frame = 0
+        for offset, length in fragments:
+            while offset - 8 >= starts[frame + 1]:
+                frame += 1
+            frames[frame].append((offset, length))
+        return tuple(tuple(f) for f in frames)
+    if len(fragments) == number_of_frames:
+        return tuple(((offset, length),) for offset, length in fragments)
+    grouped: list[list[tuple[int, int]]] = []
+    for offset, length in fragments:
+        head = bytes(view[offset:offset + 4])
+        if not grouped or head[:2] == b"\xff\xd8" or head == b"\xff\x4f\xff\x51":
+            grouped.append([])
+        grouped[-1].append((offset, length))
+    return tuple(tuple(f) for f in grouped)

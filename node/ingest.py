@@ -1,0 +1,138 @@
+"""The one ingest path: every instance, however it arrives, is stored here.
+
+Durable file first (temp, fsync, rename), then its catalogue row through the group-commit
+writer; the caller hears "stored" only after both. C-STORE, folder import, HTTP uploads and
+retrievals all call ``ingest_received`` or ``ingest_part10``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from db.catalogue import Indexed, InstanceRecord
+from db.writer import CatalogueWriter
+from node.dicomfile import (
+    _PARSE_ERRORS,
+    InstanceHeader,
+    encode_file_meta,
+    read_dataset_header,
+    read_header,
+)
+from node.errors import DuplicateInstance, IngestError, InvalidDataset
+from node.storage import Storage
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["stored", "duplicate", "replaced"]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    outcome: Outcome
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+
+
+class MismatchedDataset(InvalidDataset):
+    """The dataset's SOP Class or Instance UID differs from the one the request named."""
+
+
+class Ingestor:
+    def __init__(self, storage: Storage, writer: CatalogueWriter, duplicate_policy: str) -> None:
+        self.storage = storage
+        self.writer = writer
+        self.duplicate_policy = duplicate_policy
+
+    def ingest_received(self, dataset: bytes, transfer_syntax: str, sop_class_uid: str,
+                        sop_instance_uid: str, source_ae: str | None = None) -> IngestOutcome:
+        """Store a dataset as received over DIMSE (no meta), in its transfer syntax."""
+        if not dataset:
+            raise InvalidDataset("the C-STORE request carried an empty dataset")
+        meta = encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae or "")
+        if transfer_syntax == DeflatedExplicitVRLittleEndian:
+            header = read_header(meta + dataset)
+        else:
+            header = read_dataset_header(dataset, transfer_syntax, len(meta))
+        if header.sop_instance_uid != sop_instance_uid:
+            raise MismatchedDataset(
+                f"SOP Instance UID {header.sop_instance_uid} in the dataset, "
+                f"{sop_instance_uid} in the request"
+            )
+        if header.sop_class_uid != sop_class_uid:
+            raise MismatchedDataset(
+                f"SOP Class UID {header.sop_class_uid} in the dataset, {sop_class_uid} in the request"
+            )
+        return self._store(header, (meta, dataset), source_ae)
+
+    def ingest_part10(self, data: bytes, source_ae: str | None = None) -> IngestOutcome:
+        """Store a file's bytes (import, HTTP upload); a bare dataset gets a meta header."""
+        if len(data) >= 132 and data[128:132] == b"DICM":
+            return self._store(read_header(data), (data,), source_ae)
+        sop_class, sop_instance, ts = _identify_bare_dataset(data)
+        return self.ingest_received(data, ts, sop_class, sop_instance, source_ae)
+
+    def _store(self, header: InstanceHeader, chunks: tuple[bytes, ...], source_ae: str | None) -> IngestOutcome:
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+        sha256 = digest.hexdigest()
+        relative = self.storage.relative_path_for(header.sop_instance_uid, sha256)
+        self.storage.write_durably(relative, chunks)
+        record = instance_record(header, relative, size, sha256, source_ae)
+        try:
+            result = self.writer.index(record, replace=self.duplicate_policy == "overwrite")
+        except Exception as exc:  # noqa: BLE001 - the catalogue failed: keep no unreferenced file
+            self.storage.remove(relative)
+            raise IngestError(f"the catalogue could not record the instance: {exc}") from exc
+        if result.superseded_path:
+            self.storage.remove(result.superseded_path)
+        if result.outcome is Indexed.DUPLICATE:
+            if result.stored_path != relative:
+                self.storage.remove(relative)
+            if self.duplicate_policy == "reject":
+                raise DuplicateInstance(f"SOP Instance {header.sop_instance_uid} is already stored")
+        return IngestOutcome(result.outcome.value, header.sop_instance_uid, header.study_uid, header.series_uid)
+
+
+def instance_record(header: InstanceHeader, relative: str, size: int, sha256: str,
+                    source_ae: str | None) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        transfer_syntax=header.transfer_syntax,
+        path=relative,
+        size=size,
+        sha256=sha256,
+        source_ae=source_ae.strip() if source_ae else None,
+        attrs=header.attrs,
+        pixel_offset=header.pixels.offset,
+        pixel_length=header.pixels.length,
+        encapsulated=header.pixels.encapsulated,
+        frame_fragments=header.pixels.frames,
+    )
+
+
+def _identify_bare_dataset(data: bytes) -> tuple[str, str, str]:
+    """SOP Class/Instance and transfer syntax of a dataset written without a meta header."""
+    try:
+        ds = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        sop_class = str(ds.get("SOPClassUID", "") or "")
+        sop_instance = str(ds.get("SOPInstanceUID", "") or "")
+        implicit = ds.original_encoding[0] if ds.original_encoding else True
+    except _PARSE_ERRORS as exc:
+        raise InvalidDataset(f"not a DICOM file: {exc}") from None
+    if not sop_class or not sop_instance:
+        raise InvalidDataset("not a DICOM file: no SOP Class UID or SOP Instance UID")
+    return sop_class, sop_instance, ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian

@@ -1,0 +1,115 @@
+"""Start and stop the node's parts in order: storage, catalogue, writer, DIMSE listener."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from pydicom import config as pydicom_config
+from pynetdicom import _config as pynetdicom_config
+
+from db.catalogue import open_database
+from db.writer import CatalogueWriter
+from node.config import Settings
+from node.ingest import Ingestor
+from node.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class Catalogue:
+    """The opened catalogue database plus its single writer thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.db = open_database(settings.database.url, settings.data_dir)
+        self.writer = CatalogueWriter(self.db).start()
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.db.close()
+
+
+class Node:
+    """The running node; ``start`` returns once the DIMSE listener accepts connections."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.storage = Storage(settings.data_dir)
+        self.catalogue: Catalogue | None = None
+        self.ingestor: Ingestor | None = None
+        self.ae: Any = None
+        self.server: Any = None
+
+    def open_store(self) -> Ingestor:
+        """Storage and catalogue without the network (import, reindex use this)."""
+        configure_pynetdicom()
+        removed = self.storage.prepare()
+        if removed:
+            log.info("removed %d unfinished temp file(s) left by an earlier stop", removed)
+        self.catalogue = Catalogue(self.settings)
+        self.ingestor = Ingestor(self.storage, self.catalogue.writer, self.settings.dicom.duplicate_policy)
+        return self.ingestor
+
+    def start(self) -> "Node":
+        from scp.ae import build_ae, event_handlers
+
+        ingestor = self.open_store()
+        self.ae = build_ae(self.settings)
+        address = (self.settings.dicom.host, self.settings.dicom.port)
+        self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor))
+        log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
+        return self
+
+    @property
+    def dimse_address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return host, port
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Close the listener, let running associations finish (abort after ``grace`` s),
+        then commit what is queued."""
+        if self.server is not None:
+            self.server.shutdown()
+            deadline = time.monotonic() + grace
+            while self.ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self.ae.active_associations:
+                log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
+            self.server = None
+        if self.catalogue is not None:
+            self.catalogue.close()
+            self.catalogue = None
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pydicom/pynetdicom settings, set at start-up, never at import (STYLE.md, 6).
+
+    Values are stored as received, so pydicom's read validation (which warns on every
+    slightly off value real modalities send) is switched off; the node checks what it needs.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+
+
+def run_until_signalled(node: Node) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly."""
+    import signal
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    node.start()
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+        log.info("stopped")

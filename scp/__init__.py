@@ -1,0 +1,1 @@
+"""DIMSE service handlers: plain functions bound to pynetdicom events, thin over node/ and db/."""

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pydicom import config as pydicom_config
+from pynetdicom import _config as pynetdicom_config
+
+from node.config import Settings, settings_from_mapping
+from node.runtime import Node
+from tests.helpers import have_dcmtk
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_reachable() -> bool:
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(POSTGRES_URL, connect_timeout=2)
+        conn.close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: skip
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _restore_pynetdicom_config() -> Iterator[None]:
+    saved = (pynetdicom_config.STORE_RECV_CHUNKED_DATASET, pynetdicom_config.LOG_HANDLER_LEVEL,
+             pydicom_config.settings.reading_validation_mode)
+    yield
+    (pynetdicom_config.STORE_RECV_CHUNKED_DATASET, pynetdicom_config.LOG_HANDLER_LEVEL,
+     pydicom_config.settings.reading_validation_mode) = saved
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    """Settings with data under tmp_path and the DIMSE listener on a free port."""
+
+    def build(**sections: dict) -> Settings:
+        raw: dict = {"node": {"data_dir": "data"}, "dicom": {"host": "127.0.0.1", "port": 0}}
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        return settings_from_mapping(raw, base_dir=tmp_path)
+
+    return build
+
+
+@pytest.fixture
+def running_node(make_settings) -> Iterator[Node]:
+    node = Node(make_settings()).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path: Path) -> Iterator[str]:
+    """Catalogue URL for both back ends; PostgreSQL gets a schema of its own per test."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    if not postgres_reachable():
+        pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
+    import psycopg2
+
+    name = f"t_{tmp_path.name.lower().replace('-', '_')[-40:]}"
+    admin = psycopg2.connect(POSTGRES_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        from db.models import database
+
+        if database.obj is not None:
+            database.obj.close()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not have_dcmtk():
+        skip = pytest.mark.skip(reason="DCMTK is not installed (make system-deps installs it)")
+        for item in items:
+            if "dcmtk" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,1 @@
+"""The Starlette HTTP application for web viewers and uploads."""

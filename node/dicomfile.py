@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.valuerep import PN_DELIMS
 from pydicom.filereader import _at_pixel_data, read_dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
@@ -140,7 +143,7 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
 
 def _finish(ds: Any, ts: str, data: bytes | memoryview, pixel_pos: int, file_offset: int) -> InstanceHeader:
     try:
-        attrs = header_attributes(ds)
+        attrs = header_attributes(ds, UID(ts).is_little_endian)
     except _PARSE_ERRORS + (LookupError,) as exc:
         raise InvalidDataset(f"cannot decode the header: {exc}") from None
     for key in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
@@ -237,39 +240,75 @@ HEADER_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def header_attributes(ds: Any) -> dict[str, Any]:
-    """Catalogue values from a header dataset, text decoded with its character set."""
+_TEXT_VRS = {"LO", "SH", "ST", "LT", "UC", "UT", "PN"}  # decoded with the dataset's character set
+_FIELD_TAGS = {name: (keyword_dict[keyword], dictionary_VR(keyword_dict[keyword]), kind)
+               for name, (keyword, kind) in HEADER_FIELDS.items()}
+_CHARSET_TAG = keyword_dict["SpecificCharacterSet"]
+
+
+def header_attributes(ds: Any, little_endian: bool = True) -> dict[str, Any]:
+    """Catalogue values from a header dataset, text decoded with its character set.
+
+    Reads the raw element bytes itself: pydicom's per-element conversion (with validation)
+    costs more than the rest of a small C-STORE.
+    """
+    encodings = convert_encodings(_character_sets(ds))
     values: dict[str, Any] = {}
-    for name, (keyword, kind) in HEADER_FIELDS.items():
-        value = ds.get(keyword)
-        if value is None or value == "":
+    for name, (tag, vr, kind) in _FIELD_TAGS.items():
+        raw = _raw_value(ds, tag)
+        if not raw:
             values[name] = None
-        elif kind == "uid":
-            values[name] = str(value).strip("\x00 ")
-        elif kind == "int":
-            values[name] = _first_number(value, int)
-        elif kind == "float":
-            values[name] = _first_number(value, float)
-        elif kind == "multi":
-            values[name] = "\\".join(str(v) for v in _as_list(value)) or None
+            continue
+        if vr in ("US", "SS", "UL", "SL"):
+            fmt = ("<" if little_endian else ">") + {"US": "H", "SS": "h", "UL": "I", "SL": "i"}[vr]
+            values[name] = struct.unpack_from(fmt, raw)[0] if len(raw) >= struct.calcsize(fmt) else None
+            continue
+        if vr == "PN":
+            text = "=".join(decode_bytes(group, encodings, PN_DELIMS) for group in raw.split(b"=")).rstrip("= \x00")
+        elif vr in _TEXT_VRS:
+            text = decode_bytes(raw, encodings, set()).rstrip(" \x00")
         else:
-            values[name] = str(value).strip() or None
+            text = raw.decode("ascii", "replace").strip(" \x00")
+        if kind == "uid":
+            values[name] = text
+        elif kind in ("int", "float"):
+            values[name] = _first_number(text.split("\\")[0].strip(), int if kind == "int" else float)
+        elif kind == "multi":
+            values[name] = "\\".join(v.strip() for v in text.split("\\")) or None
+        else:
+            values[name] = text.strip() or None
     return values
 
 
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        return [value]
-    return list(value)
+def _character_sets(ds: Any) -> list[str] | None:
+    """Specific Character Set terms; pydicom converts this element while reading."""
+    elem = ds.get_item(_CHARSET_TAG)
+    value = None if elem is None else elem.value
+    if not value:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace").split("\\")
+    elif isinstance(value, str):
+        value = [value]
+    return [str(v).strip() for v in value]
 
 
-def _first_number(value: Any, kind: type) -> Any:
-    value = next(iter(_as_list(value)), None)
-    if value is None or value == "":
+def _raw_value(ds: Any, tag: int) -> bytes | None:
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None or isinstance(value, bytes):
+        return value
+    return None  # already converted (a sequence or a value set by code): not a header string
+
+
+def _first_number(text: str, kind: type) -> Any:
+    if not text:
         return None
     try:
-        number = kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError):
+        number = kind(float(text)) if kind is int else kind(text)
+    except (TypeError, ValueError, OverflowError):
         return None
     if isinstance(number, float) and not math.isfinite(number):
         return None

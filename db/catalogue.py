@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -156,15 +155,14 @@ class HierarchyCache:
     def __init__(self, limit: int = 20000) -> None:
         self.limit = limit
         self.patients: dict[str, int] = {}
-        self.studies: dict[str, int] = {}
-        self.series: dict[str, int] = {}
-        self.lock = threading.Lock()
+        self.studies: dict[str, tuple[int, int]] = {}  # uid -> (study id, patient id)
+        self.series: dict[str, tuple[int, int, int]] = {}  # uid -> (series, study, patient ids)
 
     def clear(self) -> None:
         for table in (self.patients, self.studies, self.series):
             table.clear()
 
-    def remember(self, table: dict[str, int], key: str, value: int) -> None:
+    def remember(self, table: dict[str, Any], key: str, value: Any) -> None:
         if len(table) >= self.limit:
             table.clear()
         table[key] = value
@@ -174,28 +172,78 @@ def index_batch(records: list[tuple[InstanceRecord, bool]], cache: HierarchyCach
     """Insert a batch of instance rows in the current transaction, keeping counts right.
 
     Each item is (record, replace). A SOP Instance UID that is already stored is kept
-    (DUPLICATE) unless replace is true, in which case the new row takes its place.
+    (DUPLICATE) unless replace is true, in which case the new row takes its place. The
+    per-instance statements are prepared SQL: building them through peewee cost more than
+    executing them.
     """
+    db = database.obj
+    sql = _statements(db)
     results: list[IndexResult] = []
     touched = _Counts()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     for record, replace in records:
-        existing = (Instance.select(Instance.id, Instance.path, Instance.series)
-                    .where(Instance.sop_instance_uid == record.sop_instance_uid).first())
+        existing = db.execute_sql(sql.find_instance, (record.sop_instance_uid,)).fetchone()
         superseded = None
         if existing is not None:
+            existing_id, existing_path, existing_series = existing
             if not replace:
-                results.append(IndexResult(Indexed.DUPLICATE, existing.path))
+                results.append(IndexResult(Indexed.DUPLICATE, existing_path))
                 continue
-            superseded = existing.path if existing.path != record.path else None
-            _remove_instance_row(existing, touched)
-        series_id = _series_id(record, cache, touched, now)
-        Instance.insert(**_instance_row(record, series_id, now)).execute()
-        touched.add_instance(series_id)
+            superseded = existing_path if existing_path != record.path else None
+            db.execute_sql(sql.delete_instance, (existing_id,))
+            touched.add_instance(_parents_of_series(existing_series), -1)
+        parents = _series_parents(record, cache, touched, now)
+        row = _instance_row(record, parents[0], now)
+        db.execute_sql(sql.insert_instance, tuple(row[name] for name in sql.instance_columns))
+        touched.add_instance(parents)
         outcome = Indexed.REPLACED if existing is not None else Indexed.STORED
         results.append(IndexResult(outcome, record.path, superseded))
-    touched.apply()
+    touched.apply(db, sql)
     return results
+
+
+@dataclass(frozen=True)
+class _Statements:
+    instance_columns: tuple[str, ...]
+    find_instance: str
+    delete_instance: str
+    insert_instance: str
+    add_series_counts: str
+    add_study_counts: str
+    add_patient_counts: str
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _statements(db: Database) -> _Statements:
+    """SQL text for the hot path, in the placeholder style of the bound database."""
+    p = db.param
+    cached = _STATEMENTS.get(p)
+    if cached is not None:
+        return cached
+    columns = tuple(f.column_name for f in Instance._meta.sorted_fields if f.name != "id")
+    names = tuple(f.name for f in Instance._meta.sorted_fields if f.name != "id")
+    inst, ser, stu, pat = (m._meta.table_name for m in (Instance, Series, Study, Patient))
+    statements = _Statements(
+        instance_columns=names,
+        find_instance=f"SELECT id, path, series_id FROM {inst} WHERE sop_instance_uid = {p}",
+        delete_instance=f"DELETE FROM {inst} WHERE id = {p}",
+        insert_instance=f"INSERT INTO {inst} ({', '.join(columns)}) VALUES ({', '.join([p] * len(columns))})",
+        add_series_counts=f"UPDATE {ser} SET num_instances = num_instances + {p} WHERE id = {p}",
+        add_study_counts=(f"UPDATE {stu} SET num_instances = num_instances + {p}, "
+                          f"num_series = num_series + {p} WHERE id = {p}"),
+        add_patient_counts=(f"UPDATE {pat} SET num_instances = num_instances + {p}, "
+                            f"num_series = num_series + {p}, num_studies = num_studies + {p} WHERE id = {p}"),
+    )
+    _STATEMENTS[p] = statements
+    return statements
+
+
+def _parents_of_series(series_id: int) -> tuple[int, int, int]:
+    study_id, patient_id = (Series.select(Series.study, Study.patient).join(Study)
+                            .where(Series.id == series_id).tuples().get())
+    return series_id, study_id, patient_id
 
 
 def _instance_row(record: InstanceRecord, series_id: int, now: dt.datetime) -> dict[str, Any]:
@@ -238,12 +286,13 @@ def _instance_row(record: InstanceRecord, series_id: int, now: dt.datetime) -> d
     )
 
 
-def _series_id(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts", now: dt.datetime) -> int:
-    series_id = cache.series.get(record.series_uid)
-    if series_id is not None:
-        return series_id
+def _series_parents(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts",
+                    now: dt.datetime) -> tuple[int, int, int]:
+    cached = cache.series.get(record.series_uid)
+    if cached is not None:
+        return cached
     a = record.attrs
-    study_id = _study_id(record, cache, touched, now)
+    study_id, patient_id = _study_parents(record, cache, touched, now)
     series_id = _get_or_insert(Series, Series.series_uid, record.series_uid, dict(
         study=study_id,
         modality=a.get("modality"),
@@ -253,15 +302,18 @@ def _series_id(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts"
         series_date=a.get("series_date"),
         series_time=a.get("series_time"),
         protocol_name=a.get("protocol_name"),
-    ), on_insert=lambda: touched.add_series(study_id))
-    cache.remember(cache.series, record.series_uid, series_id)
-    return series_id
+    ), on_insert=lambda: touched.add_series(study_id, patient_id))
+    # The series may belong to another study than this instance claims: trust the row.
+    parents = _parents_of_series(series_id)
+    cache.remember(cache.series, record.series_uid, parents)
+    return parents
 
 
-def _study_id(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts", now: dt.datetime) -> int:
-    study_id = cache.studies.get(record.study_uid)
-    if study_id is not None:
-        return study_id
+def _study_parents(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts",
+                   now: dt.datetime) -> tuple[int, int]:
+    cached = cache.studies.get(record.study_uid)
+    if cached is not None:
+        return cached
     a = record.attrs
     patient_id = _patient_id(record, cache)
     study_id = _get_or_insert(Study, Study.study_uid, record.study_uid, dict(
@@ -277,8 +329,9 @@ def _study_id(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts",
         specific_character_set=a.get("specific_character_set"),
         created_at=now,
     ), on_insert=lambda: touched.add_study(patient_id))
-    cache.remember(cache.studies, record.study_uid, study_id)
-    return study_id
+    parents = tuple(Study.select(Study.id, Study.patient).where(Study.id == study_id).tuples().get())
+    cache.remember(cache.studies, record.study_uid, parents)
+    return parents
 
 
 def _patient_id(record: InstanceRecord, cache: HierarchyCache) -> int:
@@ -304,7 +357,8 @@ def _get_or_insert(model: Any, key_field: Any, key: str, values: dict[str, Any],
     row = model.select(model.id).where(key_field == key).tuples().first()
     if row is not None:
         return row[0]
-    inserted = model.insert(**{key_field.name: key}, **values).on_conflict_ignore().execute()
+    query = model.insert(**{key_field.name: key}, **values).on_conflict_ignore()
+    inserted = database.execute(query).rowcount == 1
     row = model.select(model.id).where(key_field == key).tuples().first()
     if row is None:  # pragma: no cover - the insert above or a concurrent one made it
         raise IntegrityError(f"{model.__name__} {key} vanished during insert")
@@ -313,61 +367,40 @@ def _get_or_insert(model: Any, key_field: Any, key: str, values: dict[str, Any],
     return row[0]
 
 
-def _remove_instance_row(existing: Instance, touched: "_Counts") -> None:
-    Instance.delete().where(Instance.id == existing.id).execute()
-    touched.add_instance(existing.series_id, -1)
-
-
 class _Counts:
     """Count increments gathered over a batch, applied as one UPDATE per touched row."""
 
     def __init__(self) -> None:
-        self.series_instances: dict[int, int] = {}
-        self.new_series: dict[int, int] = {}  # study id -> new series
-        self.new_studies: dict[int, int] = {}  # patient id -> new studies
+        self.series: dict[int, int] = {}
+        self.studies: dict[int, list[int]] = {}  # id -> [instances, new series]
+        self.patients: dict[int, list[int]] = {}  # id -> [instances, new series, new studies]
+        self.studies_with_new_series: set[int] = set()
 
-    def add_instance(self, series_id: int, n: int = 1) -> None:
-        self.series_instances[series_id] = self.series_instances.get(series_id, 0) + n
+    def add_instance(self, parents: tuple[int, int, int], n: int = 1) -> None:
+        series_id, study_id, patient_id = parents
+        self.series[series_id] = self.series.get(series_id, 0) + n
+        self.studies.setdefault(study_id, [0, 0])[0] += n
+        self.patients.setdefault(patient_id, [0, 0, 0])[0] += n
 
-    def add_series(self, study_id: int) -> None:
-        self.new_series[study_id] = self.new_series.get(study_id, 0) + 1
+    def add_series(self, study_id: int, patient_id: int) -> None:
+        self.studies.setdefault(study_id, [0, 0])[1] += 1
+        self.patients.setdefault(patient_id, [0, 0, 0])[1] += 1
+        self.studies_with_new_series.add(study_id)
 
     def add_study(self, patient_id: int) -> None:
-        self.new_studies[patient_id] = self.new_studies.get(patient_id, 0) + 1
+        self.patients.setdefault(patient_id, [0, 0, 0])[2] += 1
 
-    def apply(self) -> None:
-        study_instances: dict[int, int] = {}
-        patient_instances: dict[int, int] = {}
-        patient_series: dict[int, int] = {}
-        parents = {}
-        if self.series_instances or self.new_series:
-            series_ids = list(self.series_instances)
-            for sid, study_id, patient_id in (
-                Series.select(Series.id, Series.study, Study.patient).join(Study)
-                .where(Series.id.in_(series_ids)).tuples()
-            ):
-                parents[sid] = (study_id, patient_id)
-        for sid, n in self.series_instances.items():
+    def apply(self, db: Database, sql: _Statements) -> None:
+        for series_id, n in self.series.items():
             if n:
-                Series.update(num_instances=Series.num_instances + n).where(Series.id == sid).execute()
-                study_id, patient_id = parents[sid]
-                study_instances[study_id] = study_instances.get(study_id, 0) + n
-                patient_instances[patient_id] = patient_instances.get(patient_id, 0) + n
-        study_patients = dict(Study.select(Study.id, Study.patient).where(Study.id.in_(list(self.new_series))).tuples()) if self.new_series else {}
-        for study_id, n in self.new_series.items():
-            patient_series[study_patients[study_id]] = patient_series.get(study_patients[study_id], 0) + n
-        for study_id in set(study_instances) | set(self.new_series):
-            Study.update(
-                num_instances=Study.num_instances + study_instances.get(study_id, 0),
-                num_series=Study.num_series + self.new_series.get(study_id, 0),
-            ).where(Study.id == study_id).execute()
-        for study_id in self.new_series:
+                db.execute_sql(sql.add_series_counts, (n, series_id))
+        for study_id, (instances, series) in self.studies.items():
+            if instances or series:
+                db.execute_sql(sql.add_study_counts, (instances, series, study_id))
+        for patient_id, (instances, series, studies) in self.patients.items():
+            if instances or series or studies:
+                db.execute_sql(sql.add_patient_counts, (instances, series, studies, patient_id))
+        for study_id in self.studies_with_new_series:
             modalities = sorted({m for (m,) in Series.select(Series.modality).where(
                 (Series.study == study_id) & Series.modality.is_null(False)).distinct().tuples()})
             Study.update(modalities_in_study="\\".join(modalities)).where(Study.id == study_id).execute()
-        for patient_id in set(patient_instances) | set(patient_series) | set(self.new_studies):
-            Patient.update(
-                num_instances=Patient.num_instances + patient_instances.get(patient_id, 0),
-                num_series=Patient.num_series + patient_series.get(patient_id, 0),
-                num_studies=Patient.num_studies + self.new_studies.get(patient_id, 0),
-            ).where(Patient.id == patient_id).execute()

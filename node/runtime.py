@@ -34,8 +34,9 @@ class Catalogue:
 class Node:
     """The running node; ``start`` returns once the DIMSE listener accepts connections."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fast_path: bool = True) -> None:
         self.settings = settings
+        self.fast_path = fast_path
         self.storage = Storage(settings.data_dir)
         self.catalogue: Catalogue | None = None
         self.ingestor: Ingestor | None = None
@@ -54,11 +55,14 @@ class Node:
 
     def start(self) -> "Node":
         from scp.ae import build_ae, event_handlers
+        from scp.fastpath import install_fast_path
 
         ingestor = self.open_store()
         self.ae = build_ae(self.settings)
         address = (self.settings.dicom.host, self.settings.dicom.port)
         self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor))
+        if self.fast_path:
+            install_fast_path(self.server)
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
         return self
 

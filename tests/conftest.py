@@ -47,9 +47,10 @@ def make_settings(tmp_path: Path):
     return build
 
 
-@pytest.fixture
-def running_node(make_settings) -> Iterator[Node]:
-    node = Node(make_settings()).start()
+@pytest.fixture(params=[True, False], ids=["fast-path", "stock-pynetdicom"])
+def running_node(make_settings, request) -> Iterator[Node]:
+    """The in-process node, with and without scp.fastpath: the same exchanges must pass."""
+    node = Node(make_settings(), fast_path=request.param).start()
     yield node
     node.stop()
 

@@ -6,7 +6,7 @@ import logging
 
 from pydicom.dataset import Dataset
 
-from node.errors import DuplicateInstance, InvalidDataset, StorageFull
+from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
 from node.ingest import Ingestor, MismatchedDataset
 from scp import statuses
 
@@ -38,6 +38,8 @@ def handle_store(event, ingestor: Ingestor) -> int | Dataset:  # noqa: ANN001
         return _failure(statuses.DATASET_MISMATCH, exc, calling_ae)
     except InvalidDataset as exc:
         return _failure(statuses.CANNOT_UNDERSTAND, exc, calling_ae)
+    except IngestError as exc:  # the catalogue refused the row; nothing was kept
+        return _failure(statuses.OUT_OF_RESOURCES, exc, calling_ae)
     return statuses.SUCCESS
 
 

@@ -185,3 +185,44 @@ def test_bad_dataset_gets_failure_and_node_keeps_serving(running_node, damage, t
         assert Instance.select().count() == 1
     assert len(list(running_node.storage.iter_files())) == 1
     assert not any(running_node.storage.temp.iterdir())
+
+
+def test_disk_full_gets_out_of_resources_and_nothing_half_stored(running_node, monkeypatch):
+    import errno
+
+    import node.storage
+
+    real_write = node.storage.os.write
+
+    def full_disk(fd, data):
+        if len(data) > 1000:  # the dataset, after a first small write succeeded
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(node.storage.os, "write", full_disk)
+    assoc = _associate(running_node)
+    try:
+        assert assoc.send_c_store(make_dataset(rows=64, columns=64)).Status == 0xA700
+        monkeypatch.setattr(node.storage.os, "write", real_write)
+        assert assoc.send_c_store(make_dataset()).Status == 0x0000
+    finally:
+        assoc.release()
+    with database.connection_context():
+        assert Instance.select().count() == 1
+    assert len(list(running_node.storage.iter_files())) == 1
+    assert not any(running_node.storage.temp.iterdir())
+
+
+def test_catalogue_failure_gets_out_of_resources_and_no_file(running_node, monkeypatch):
+    import db.writer
+
+    def broken_index(batch, cache):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(db.writer, "index_batch", broken_index)
+    assoc = _associate(running_node)
+    try:
+        assert assoc.send_c_store(make_dataset()).Status == 0xA700
+    finally:
+        assoc.release()
+    assert list(running_node.storage.iter_files()) == []

@@ -106,20 +106,66 @@ _PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, s
                  OverflowError, NotImplementedError, AttributeError, IndexError)
 
 
+class _BufferRaw(io.RawIOBase):
+    """A read-only file over any buffer (an mmap of a large dataset), without copying it."""
+
+    def __init__(self, buffer: Any) -> None:
+        self._view: memoryview | None = memoryview(buffer).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        assert self._view is not None
+        n = max(0, min(len(target), len(self._view) - self._pos))
+        target[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        assert self._view is not None
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view.release()  # the mmap behind it can then be closed
+            self._view = None
+        super().close()
+
+
+def open_buffer(buffer: bytes | Any) -> io.BufferedIOBase:
+    """A file object over the bytes: BytesIO shares a bytes object, anything else is wrapped."""
+    if isinstance(buffer, bytes):
+        return io.BytesIO(buffer)
+    return io.BufferedReader(_BufferRaw(buffer), 1 << 16)
+
+
 def read_header(part10: bytes | memoryview) -> InstanceHeader:
     """Parse a Part 10 byte string (preamble, meta, dataset) up to its pixel data.
 
     Raises InvalidDataset for anything that cannot be stored and served safely.
     """
-    fp = io.BytesIO(part10)
+    fp = open_buffer(part10)
     try:
         ds = dcmread(fp, stop_before_pixels=True)
     except _PARSE_ERRORS as exc:
         raise InvalidDataset(f"cannot parse the dataset: {exc}") from None
+    finally:
+        pixel_pos = fp.tell()
+        fp.close()
     ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
     if not ts:
         raise InvalidDataset("no Transfer Syntax UID in the file meta information")
-    header = _finish(ds, ts, part10, fp.tell(), 0)
+    header = _finish(ds, ts, part10, pixel_pos, 0)
     source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
     return dataclasses.replace(header, source_ae=source_ae or None)
 
@@ -131,14 +177,17 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         raise ValueError("deflated datasets are parsed as Part 10 files")
     uid = UID(transfer_syntax)
-    fp = io.BytesIO(dataset)
+    fp = open_buffer(dataset)
     try:
         ds = read_dataset(fp, uid.is_implicit_VR, uid.is_little_endian, stop_when=_at_pixel_data)
     except _PARSE_ERRORS as exc:
         raise InvalidDataset(f"cannot parse the dataset: {exc}") from None
+    finally:
+        pixel_pos = fp.tell()
+        fp.close()
     if len(ds) == 0:
         raise InvalidDataset("the dataset is empty")
-    return _finish(ds, transfer_syntax, dataset, fp.tell(), file_offset)
+    return _finish(ds, transfer_syntax, dataset, pixel_pos, file_offset)
 
 
 def _finish(ds: Any, ts: str, data: bytes | memoryview, pixel_pos: int, file_offset: int) -> InstanceHeader:

@@ -11,7 +11,7 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -31,6 +31,7 @@ from node.storage import Storage
 log = logging.getLogger(__name__)
 
 Outcome = Literal["stored", "duplicate", "replaced"]
+Buffer = Any  # bytes-like: bytes, memoryview, mmap
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,18 @@ class Ingestor:
         self.writer = writer
         self.duplicate_policy = duplicate_policy
 
-    def ingest_received(self, dataset: bytes, transfer_syntax: str, sop_class_uid: str,
+    def ingest_received(self, dataset: bytes | Buffer, transfer_syntax: str, sop_class_uid: str,
                         sop_instance_uid: str, source_ae: str | None = None) -> IngestOutcome:
-        """Store a dataset as received over DIMSE (no meta), in its transfer syntax."""
+        """Store a dataset as received over DIMSE (no meta), in its transfer syntax.
+
+        ``dataset`` may be any buffer (an mmap of a spilled large dataset): it is parsed,
+        hashed and written without being copied into memory.
+        """
         if not dataset:
             raise InvalidDataset("the C-STORE request carried an empty dataset")
         meta = encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae or "")
         if transfer_syntax == DeflatedExplicitVRLittleEndian:
-            header = read_header(meta + dataset)
+            header = read_header(meta + bytes(dataset))
         else:
             header = read_dataset_header(dataset, transfer_syntax, len(meta))
         if header.sop_instance_uid != sop_instance_uid:
@@ -79,7 +84,7 @@ class Ingestor:
         sop_class, sop_instance, ts = _identify_bare_dataset(data)
         return self.ingest_received(data, ts, sop_class, sop_instance, source_ae)
 
-    def _store(self, header: InstanceHeader, chunks: tuple[bytes, ...], source_ae: str | None) -> IngestOutcome:
+    def _store(self, header: InstanceHeader, chunks: tuple[Buffer, ...], source_ae: str | None) -> IngestOutcome:
         digest = hashlib.sha256()
         size = 0
         for chunk in chunks:

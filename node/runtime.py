@@ -62,7 +62,7 @@ class Node:
         address = (self.settings.dicom.host, self.settings.dicom.port)
         self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor))
         if self.fast_path:
-            install_fast_path(self.server)
+            install_fast_path(self.server, self.storage.temp)
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
         return self
 

@@ -7,7 +7,9 @@ pynetdicom stays the DIMSE engine; three things change for associations this nod
 - the DUL thread polls every 0.1 ms while the association is busy (1 ms once idle, so idle
   associations cost no more CPU than stock);
 - a plain C-STORE-RSP (no Error Comment or other optional elements) is encoded directly:
-  seven elements of implicit VR little endian instead of a pydicom Dataset round trip.
+  seven elements of implicit VR little endian instead of a pydicom Dataset round trip;
+- a received dataset stays in memory up to ``SPOOL_LIMIT`` and then spills to an unnamed
+  temp file under data_dir/tmp, so a 1 GB object costs disk, not twice its size in memory.
 
 Everything else (negotiation, other services, failures) runs pynetdicom's own code. Tests run
 the same exchanges with and without this module (``install_fast_path``).
@@ -15,14 +17,19 @@ the same exchanges with and without this module (``install_fast_path``).
 
 from __future__ import annotations
 
+import io
+import mmap
 import queue
 import struct
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
@@ -34,9 +41,55 @@ BUSY_WINDOW = 0.1  # seconds after the last PDU during which the DUL polls fast
 REACTOR_WAIT = 0.002
 
 
-def install_fast_path(server: Any) -> None:
+SPOOL_LIMIT = 32 * 1024 * 1024
+
+
+def install_fast_path(server: Any, spool_dir: Path) -> None:
     """Make a started pynetdicom AssociationServer create fast-path associations."""
     server.RequestHandlerClass = FastRequestHandler
+    server.spool_dir = spool_dir
+
+
+class SpooledDataset(io.BytesIO):
+    """Message data as received: in memory up to SPOOL_LIMIT, then in an unnamed temp file.
+
+    A BytesIO subclass because pynetdicom's primitives accept nothing else.
+    """
+
+    def __init__(self, spool_dir: Path | None) -> None:
+        super().__init__()
+        self._spool_dir = spool_dir
+        self._file: Any = None
+
+    def write(self, data: Any) -> int:
+        if self._file is not None:
+            return self._file.write(data)
+        written = super().write(data)
+        if self.tell() > SPOOL_LIMIT:
+            self._file = tempfile.TemporaryFile(dir=self._spool_dir)
+            self._file.write(self.getbuffer())
+            self.seek(0)
+            self.truncate()
+        return written
+
+    def getvalue(self) -> bytes:
+        if self._file is None:
+            return super().getvalue()
+        self._file.seek(0)
+        return self._file.read()
+
+    def buffer(self) -> bytes | mmap.mmap:
+        """The bytes without copying them: the in-memory value or a read-only map of the file."""
+        if self._file is None:
+            return super().getvalue()
+        self._file.flush()
+        return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
 
 
 class FastRequestHandler(RequestHandler):
@@ -46,6 +99,7 @@ class FastRequestHandler(RequestHandler):
         assoc.__class__ = FastAssociation
         assoc.dul.__class__ = FastDUL
         assoc.dimse.__class__ = FastDIMSE
+        assoc.dimse.spool_dir = getattr(self.server, "spool_dir", None)
         return assoc
 
 
@@ -71,6 +125,14 @@ class FastDUL(DULServiceProvider):
 
 
 class FastDIMSE(DIMSEServiceProvider):
+    spool_dir: Path | None = None
+
+    def receive_primitive(self, primitive: Any) -> None:
+        if self.message is None:
+            self.message = DIMSEMessage()
+            self.message.data_set = SpooledDataset(self.spool_dir)
+        super().receive_primitive(primitive)
+
     def send_msg(self, primitive: Any, context_id: int) -> None:
         encoded = _plain_store_response(primitive)
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):

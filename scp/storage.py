@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import mmap
 
 from pydicom.dataset import Dataset
 
@@ -22,9 +23,12 @@ def handle_store(event, ingestor: Ingestor) -> int | Dataset:  # noqa: ANN001
     """Store the dataset as received; Success only once it is durable and indexed."""
     request = event.request
     calling_ae = event.assoc.requestor.ae_title
+    received = request.DataSet
+    # A large dataset spilled to disk comes as a read-only map of its temp file (scp.fastpath).
+    dataset = received.buffer() if hasattr(received, "buffer") else received.getvalue()
     try:
         ingestor.ingest_received(
-            request.DataSet.getvalue(),
+            dataset,
             event.context.transfer_syntax,
             request.AffectedSOPClassUID,
             request.AffectedSOPInstanceUID,
@@ -40,6 +44,9 @@ def handle_store(event, ingestor: Ingestor) -> int | Dataset:  # noqa: ANN001
         return _failure(statuses.CANNOT_UNDERSTAND, exc, calling_ae)
     except IngestError as exc:  # the catalogue refused the row; nothing was kept
         return _failure(statuses.OUT_OF_RESOURCES, exc, calling_ae)
+    finally:
+        if isinstance(dataset, mmap.mmap):
+            dataset.close()
     return statuses.SUCCESS
 
 

@@ -226,3 +226,22 @@ def test_catalogue_failure_gets_out_of_resources_and_no_file(running_node, monke
     finally:
         assoc.release()
     assert list(running_node.storage.iter_files()) == []
+
+
+def test_large_dataset_spills_to_disk_and_is_stored_intact(running_node, monkeypatch):
+    """Past the spool limit the received bytes live in a temp file, mapped, never copied."""
+    import scp.fastpath
+
+    monkeypatch.setattr(scp.fastpath, "SPOOL_LIMIT", 64 * 1024)
+    ds = make_dataset(rows=512, columns=512, NumberOfFrames=1)
+    assoc = _associate(running_node)
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    with database.connection_context():
+        row = Instance.get(Instance.sop_instance_uid == ds.SOPInstanceUID)
+    stored = running_node.storage.absolute(row.path).read_bytes()
+    assert stored[row.pixel_offset:row.pixel_offset + row.pixel_length] == ds.PixelData
+    assert dcmread(io.BytesIO(stored)).PatientName == ds.PatientName
+    assert not any(running_node.storage.temp.iterdir())

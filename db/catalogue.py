@@ -79,7 +79,6 @@ def open_database(url: str, data_dir: Path) -> Database:
             port=parsed.port or 5432,
             user=unquote(parsed.username) if parsed.username else None,
             password=unquote(parsed.password) if parsed.password else None,
-            autorollback=True,
             autoconnect=True,
         )
     else:

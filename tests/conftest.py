@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -55,17 +56,13 @@ def running_node(make_settings, request) -> Iterator[Node]:
     node.stop()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request, tmp_path: Path) -> Iterator[str]:
-    """Catalogue URL for both back ends; PostgreSQL gets a schema of its own per test."""
-    if request.param == "sqlite":
-        yield ""
-        return
+@contextmanager
+def fresh_postgres_database(name: str) -> Iterator[str]:
+    """A new PostgreSQL database for one test or module, dropped afterwards; skips if none."""
     if not postgres_reachable():
         pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432")
     import psycopg2
 
-    name = f"t_{tmp_path.name.lower().replace('-', '_')[-40:]}"
     admin = psycopg2.connect(POSTGRES_URL)
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -81,6 +78,16 @@ def database_url(request, tmp_path: Path) -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path: Path) -> Iterator[str]:
+    """Catalogue URL for both back ends; PostgreSQL gets a database of its own per test."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_postgres_database(f"t_{tmp_path.name.lower().replace('-', '_')[-40:]}") as url:
+        yield url
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,6 +31,9 @@ class DicomSettings:
     max_associations: int = 16
     allowed_callers: tuple[str, ...] = ()
     duplicate_policy: str = "ignore"
+    case_sensitive_names: bool = False
+    max_find_results: int = 10000
+    query_requires_known_caller: bool = False
     max_pdu_length: int = 262144
     network_timeout: float = 60.0
 
@@ -181,6 +184,8 @@ def _check_values(s: Settings) -> None:
         _check_ae_title(caller, f"dicom.allowed_callers[{i}]")
     if s.dicom.max_associations < 1:
         raise ConfigError("dicom.max_associations: expected at least 1")
+    if s.dicom.max_find_results < 1:
+        raise ConfigError("dicom.max_find_results: expected at least 1")
     if s.dicom.duplicate_policy not in DUPLICATE_POLICIES:
         raise ConfigError(
             f"dicom.duplicate_policy: expected one of {', '.join(DUPLICATE_POLICIES)}, "

@@ -60,7 +60,7 @@ class Node:
         ingestor = self.open_store()
         self.ae = build_ae(self.settings)
         address = (self.settings.dicom.host, self.settings.dicom.port)
-        self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor))
+        self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor, self.settings))
         if self.fast_path:
             install_fast_path(self.server, self.storage.temp)
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
@@ -97,6 +97,9 @@ def configure_pynetdicom() -> None:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+    # pretty-printing every identifier costs more than answering the query
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 
 def run_until_signalled(node: Node) -> None:

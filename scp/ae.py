@@ -7,7 +7,11 @@ import socket
 from typing import Any
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -26,6 +30,7 @@ from pydicom.uid import (
 
 from node.config import Settings
 from node.ingest import Ingestor
+from scp.find import handle_find
 from scp.storage import handle_echo, handle_store
 
 log = logging.getLogger(__name__)
@@ -47,10 +52,16 @@ STORAGE_TRANSFER_SYNTAXES = [
 ]
 
 
+QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
 def build_ae(settings: Settings) -> AE:
     """An AE that accepts Verification and every storage SOP class pynetdicom knows."""
     ae = AE(ae_title=settings.node.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for find_model in (PatientRootQueryRetrieveInformationModelFind,
+                       StudyRootQueryRetrieveInformationModelFind):
+        ae.add_supported_context(find_model, QUERY_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
     ae.require_called_aet = True
@@ -71,9 +82,10 @@ def set_no_delay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def event_handlers(ingestor: Ingestor) -> list[tuple[Any, ...]]:
+def event_handlers(ingestor: Ingestor, settings: Settings) -> list[tuple[Any, ...]]:
     return [
         (evt.EVT_CONN_OPEN, set_no_delay),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingestor]),
+        (evt.EVT_C_FIND, handle_find, [settings]),
     ]

@@ -28,11 +28,14 @@ def postgres_reachable() -> bool:
 
 @pytest.fixture(autouse=True)
 def _restore_pynetdicom_config() -> Iterator[None]:
-    saved = (pynetdicom_config.STORE_RECV_CHUNKED_DATASET, pynetdicom_config.LOG_HANDLER_LEVEL,
-             pydicom_config.settings.reading_validation_mode)
+    names = ("STORE_RECV_CHUNKED_DATASET", "LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS",
+             "LOG_RESPONSE_IDENTIFIERS")
+    saved = [getattr(pynetdicom_config, name) for name in names]
+    validation = pydicom_config.settings.reading_validation_mode
     yield
-    (pynetdicom_config.STORE_RECV_CHUNKED_DATASET, pynetdicom_config.LOG_HANDLER_LEVEL,
-     pydicom_config.settings.reading_validation_mode) = saved
+    for name, value in zip(names, saved):
+        setattr(pynetdicom_config, name, value)
+    pydicom_config.settings.reading_validation_mode = validation
 
 
 @pytest.fixture

@@ -82,10 +82,11 @@ def set_no_delay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def event_handlers(ingestor: Ingestor, settings: Settings) -> list[tuple[Any, ...]]:
+def event_handlers(ingestor: Ingestor, settings: Settings,
+                   encode_directly: bool = False) -> list[tuple[Any, ...]]:
     return [
         (evt.EVT_CONN_OPEN, set_no_delay),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingestor]),
-        (evt.EVT_C_FIND, handle_find, [settings]),
+        (evt.EVT_C_FIND, handle_find, [settings, encode_directly]),
     ]

@@ -11,13 +11,14 @@ from typing import Any, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.charset import convert_encodings
+from pydicom.uid import ImplicitVRLittleEndian
 
 from db.models import database
 from db.query import KEYS, InvalidQuery, Query, UnsupportedQuery, check_hierarchy, find
 from node.config import Settings
 from node.dicomfile import _PARSE_ERRORS
 from scp import statuses
+from scp.answers import EncodedIdentifier, answer_bytes, answer_dataset, answer_layout
 
 log = logging.getLogger(__name__)
 
@@ -85,58 +86,12 @@ def _sequence_value(elem: Any) -> str:
     return ""
 
 
-def answer_identifier(request: Dataset, values: dict[str, Any], level: str, ae_title: str) -> Dataset:
-    """A response with exactly the requested keys, in the request's VRs; unknown ones empty
-    (PS3.4 C.4.1.1.3.2), plus the level, the unique key and RetrieveAETitle."""
-    ds = Dataset()
-    for elem in request:
-        keyword = elem.keyword
-        if keyword == "SpecificCharacterSet":
-            continue
-        if elem.VR == "SQ":
-            ds.add_new(elem.tag, "SQ", [])
-        elif keyword in values:
-            ds.add_new(elem.tag, elem.VR, _dicom_value(values[keyword]))
-        else:
-            ds.add_new(elem.tag, elem.VR, None)
-    for keyword, value in values.items():
-        if keyword not in ds:
-            setattr(ds, keyword, _dicom_value(value))
-    ds.QueryRetrieveLevel = level
-    ds.RetrieveAETitle = ae_title
-    if "InstanceAvailability" in request:
-        ds.InstanceAvailability = "ONLINE"
-    _set_character_set(ds, request.get("SpecificCharacterSet"), values)
-    return ds
-
-
-def _dicom_value(value: Any) -> Any:
-    return value if value is not None and value != "" else None
-
-
-def _set_character_set(ds: Dataset, requested: Any, values: dict[str, Any]) -> None:
-    """ASCII answers need none; otherwise the query's own character set when it can carry the
-    text, else UTF-8 (ISO_IR 192)."""
-    texts = [v for v in values.values() if isinstance(v, str) and not v.isascii()]
-    if not texts:
-        return
-    if requested:
-        terms = list(requested) if isinstance(requested, (MultiValue, list)) else [requested]
-        try:
-            encodings = convert_encodings(terms)
-            if len(encodings) == 1:
-                for text in texts:
-                    text.encode(encodings[0])
-                ds.SpecificCharacterSet = terms
-                return
-        except (LookupError, UnicodeEncodeError, ValueError):
-            pass
-    ds.SpecificCharacterSet = "ISO_IR 192"
-
-
-def handle_find(event: Any, settings: Settings) -> Iterator[tuple[Any, Dataset | None]]:
+def handle_find(event: Any, settings: Settings,
+                encode_directly: bool = False) -> Iterator[tuple[Any, Dataset | None]]:
     """Stream the matches; cancel between responses; past ``max_find_results`` matches the
-    stream ends with 0xA700 (Refused: out of resources) after that many answers."""
+    stream ends with 0xA700 (Refused: out of resources) after that many answers.
+
+    ``encode_directly`` (with scp.fastpath installed) yields answers already encoded."""
     calling_ae = event.assoc.requestor.ae_title.strip()
     root = ROOT_OF_SOP_CLASS[event.request.AffectedSOPClassUID]
     if not caller_may_query(calling_ae, settings):
@@ -159,7 +114,9 @@ def handle_find(event: Any, settings: Settings) -> Iterator[tuple[Any, Dataset |
         yield failure(statuses.IDENTIFIER_DOES_NOT_MATCH, f"cannot decode the identifier: {exc}",
                       calling_ae)
         return
-    ae_title = settings.node.ae_title
+    layout = answer_layout(identifier, query.unique_key, query.level, settings.node.ae_title)
+    implicit = event.context.transfer_syntax == ImplicitVRLittleEndian
+    encode_directly = encode_directly and layout.directly_encodable
     pending = statuses.PENDING_UNSUPPORTED_KEYS if ignored_matching_keys(query) else statuses.PENDING
     for count, values in enumerate(matches):
         if event.is_cancelled:
@@ -170,7 +127,8 @@ def handle_find(event: Any, settings: Settings) -> Iterator[tuple[Any, Dataset |
             yield failure(statuses.OUT_OF_RESOURCES,
                           f"more than {cap} matches: narrow the query", calling_ae)
             return
-        yield pending, answer_identifier(identifier, values, query.level, ae_title)
+        encoded = answer_bytes(layout, values, implicit) if encode_directly else None
+        yield pending, EncodedIdentifier(encoded) if encoded is not None else answer_dataset(layout, values)
 
 
 def failure(status: int, reason: str, calling_ae: str) -> tuple[Dataset, None]:

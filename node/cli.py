@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="counts of patients, studies, series, instances, bytes")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(run=_stats)
+
+    from scu.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -85,7 +89,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     node = Node(settings)
-    ingestor = node.open_store()
+    ingestor = node.open_store(clean_temp=False)  # a node may be serving this data folder
     progress, advance = _progress(len(files), "importing", not args.no_progress and sys.stderr.isatty())
     try:
         with progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from pynetdicom import _config as pynetdicom_config
 from db.catalogue import open_database
 from db.writer import CatalogueWriter
 from node.config import Settings
+from node.errors import ConfigError
 from node.ingest import Ingestor
 from node.storage import Storage
 
@@ -43,26 +45,38 @@ class Node:
         self.ae: Any = None
         self.server: Any = None
 
-    def open_store(self) -> Ingestor:
-        """Storage and catalogue without the network (import, reindex use this)."""
+    def open_store(self, clean_temp: bool = True) -> Ingestor:
+        """Storage and catalogue without the network (import, reindex use this).
+
+        An import may run beside a serving node on the same data folder: it passes
+        ``clean_temp=False``, so the files that node is writing are not taken for leftovers.
+        """
         configure_pynetdicom()
-        removed = self.storage.prepare()
-        if removed:
-            log.info("removed %d unfinished temp file(s) left by an earlier stop", removed)
+        if clean_temp:
+            removed = self.storage.prepare()
+            if removed:
+                log.info("removed %d unfinished temp file(s) left by an earlier stop", removed)
+        else:
+            self.storage.store.mkdir(parents=True, exist_ok=True)
+            self.storage.temp.mkdir(parents=True, exist_ok=True)
         self.catalogue = Catalogue(self.settings)
         self.ingestor = Ingestor(self.storage, self.catalogue.writer, self.settings.dicom.duplicate_policy)
         return self.ingestor
 
     def start(self) -> "Node":
         from scp.ae import build_ae, event_handlers
+        from scp.answers import pass_encoded_identifiers_through
         from scp.fastpath import install_fast_path
 
+        address = (self.settings.dicom.host, self.settings.dicom.port)
+        check_can_listen(address)  # before cleaning temp files a node already running may own
         ingestor = self.open_store()
         self.ae = build_ae(self.settings)
-        address = (self.settings.dicom.host, self.settings.dicom.port)
-        self.server = self.ae.start_server(address, block=False, evt_handlers=event_handlers(ingestor, self.settings))
+        handlers = event_handlers(ingestor, self.settings, encode_directly=self.fast_path)
+        self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
         if self.fast_path:
             install_fast_path(self.server, self.storage.temp)
+            pass_encoded_identifiers_through()
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
         return self
 
@@ -88,6 +102,20 @@ class Node:
             self.catalogue = None
 
 
+def check_can_listen(address: tuple[str, int]) -> None:
+    """Fail start-up in one line when the DIMSE address is taken (most often: the node is
+    already running) or cannot be bound."""
+    if address[1] == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the listener will
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"dicom.port: cannot listen on {address[0]}:{address[1]}: "
+                              f"{exc.strerror or exc}") from None
+
+
 def configure_pynetdicom() -> None:
     """Process-wide pydicom/pynetdicom settings, set at start-up, never at import (STYLE.md, 6).
 
@@ -96,6 +124,8 @@ def configure_pynetdicom() -> None:
     """
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pynetdicom_config.STORE_RECV_CHUNKED_DATASET = False
+    # C-STORE SCU: a stored file given by path is streamed as stored, never decoded (scu.store)
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     # pretty-printing every identifier costs more than answering the query
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False

@@ -28,8 +28,8 @@ def postgres_reachable() -> bool:
 
 @pytest.fixture(autouse=True)
 def _restore_pynetdicom_config() -> Iterator[None]:
-    names = ("STORE_RECV_CHUNKED_DATASET", "LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS",
-             "LOG_RESPONSE_IDENTIFIERS")
+    names = ("STORE_RECV_CHUNKED_DATASET", "STORE_SEND_CHUNKED_DATASET", "LOG_HANDLER_LEVEL",
+             "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")
     saved = [getattr(pynetdicom_config, name) for name in names]
     validation = pydicom_config.settings.reading_validation_mode
     yield

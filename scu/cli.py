@@ -50,6 +50,7 @@ def _send(settings: Settings, args: argparse.Namespace) -> int:
     from scu.store import send_instances
 
     configure_pynetdicom()
+    _quiet_pynetdicom(args)
     if args.study:
         level, keyword, uids = "STUDY", "StudyInstanceUID", args.study
     else:
@@ -96,6 +97,7 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
     from scu.errors import ScuError
     from scu.find import DEFAULT_RETURN_KEYS, parse_key, query_remote
 
+    _quiet_pynetdicom(args)
     try:
         matchers = [parse_key(k) for k in args.key]
         remote = remote_named(settings, args.remote)
@@ -114,12 +116,22 @@ def _query(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _print_table(rows: list[dict[str, str]], columns: list[str], title: str) -> None:
+    """A table as wide as its longest values: UIDs are never folded across lines."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
+    widths = [max([len(c), *(len(r.get(c, "")) for r in rows)]) for c in columns]
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(*(row.get(c, "") for c in columns))
-    Console(soft_wrap=False, width=max(120, Console().width)).print(table)
+    Console(soft_wrap=True, width=max(sum(widths) + 3 * len(columns) + 1, 80)).print(table)
+
+
+def _quiet_pynetdicom(args: argparse.Namespace) -> None:
+    """pynetdicom logs every request at INFO; a client command shows its own result instead."""
+    import logging
+
+    if not args.verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)

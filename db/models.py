@@ -124,4 +124,42 @@ class Instance(BaseModel):
     specific_character_set = CharField(max_length=128, null=True)
 
 
-ALL_MODELS = [Meta, Patient, Study, Series, Instance]
+
+
+class User(BaseModel):
+    """A person or program allowed to use the HTTP API; the password is a memory-hard hash."""
+
+    id = AutoField()
+    username = CharField(max_length=64, unique=True)
+    password_hash = CharField(max_length=256)
+    role = CharField(max_length=16)  # admin | viewer | uploader
+    disabled = IntegerField(default=0)
+    created_at = DateTimeField()
+
+
+class RefreshToken(BaseModel):
+    """One issued refresh token (its SHA-256 only); a family is one login's chain of rotations,
+    revoked whole when a retired member is presented again."""
+
+    id = AutoField()
+    token_hash = CharField(max_length=64, unique=True)
+    family = CharField(max_length=32, index=True)
+    user = ForeignKeyField(User, backref="refresh_tokens", index=True, on_delete="CASCADE")
+    issued_at = DateTimeField()
+    expires_at = DateTimeField()
+    used_at = DateTimeField(null=True)
+    revoked_at = DateTimeField(null=True)
+
+
+class AuditEntry(BaseModel):
+    """Who read which study, when and from where (HTTP API reads)."""
+
+    id = AutoField()
+    at = DateTimeField(index=True)
+    username = CharField(max_length=64, index=True)
+    study_uid = CharField(max_length=64, index=True)
+    action = CharField(max_length=32)
+    address = CharField(max_length=64, null=True)
+
+
+ALL_MODELS = [Meta, Patient, Study, Series, Instance, User, RefreshToken, AuditEntry]

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the DIMSE listener until SIGTERM/SIGINT")
+    serve = sub.add_parser("serve", help="run the DIMSE listener and the HTTP API until SIGTERM/SIGINT")
     serve.set_defaults(run=_serve)
 
     imp = sub.add_parser("import", help="ingest files, folders and DICOMDIR media")
@@ -60,13 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     from scu.cli import add_commands
 
     add_commands(sub)
+
+    from node.usercli import add_commands as add_user_commands
+
+    add_user_commands(sub)
     return parser
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from node.runtime import Node, run_until_signalled
 
-    run_until_signalled(Node(settings))
+    run_until_signalled(Node(settings, web=True))
     return 0
 
 

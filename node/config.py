@@ -42,6 +42,24 @@ class DicomSettings:
 class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    max_in_flight_per_user: int = 16
+    rate_per_second: float = 200.0
+    burst: int = 1000
+    max_body_bytes: int = 1048576
+    max_bulk_count: int = 500
+    max_list_limit: int = 1000
+    thumbnail_size: int = 128
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    secret: str = ""  # empty: generated once into data_dir/jwt-secret (0600)
+    issuer: str = "pacsnode"
+    audience: str = "pacsnode-api"
+    access_token_minutes: int = 15
+    refresh_token_days: int = 7
+    max_failed_logins: int = 5
+    failed_login_window_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,7 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     dicom: DicomSettings = field(default_factory=DicomSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     remotes: dict[str, RemoteSettings] = field(default_factory=dict)
     source: Path | None = None
@@ -178,6 +197,7 @@ def _check_values(s: Settings) -> None:
     _check_ae_title(s.node.ae_title, "node.ae_title")
     _check_port(s.dicom.port, "dicom.port")
     _check_port(s.web.port, "web.port")
+    _check_web_auth(s)
     for name, remote in s.remotes.items():
         _check_port(remote.port, f"remotes.{name}.port")
     for i, caller in enumerate(s.dicom.allowed_callers):
@@ -194,3 +214,15 @@ def _check_values(s: Settings) -> None:
     url = s.database.url
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         raise ConfigError(f"database.url: expected empty, postgresql://... or sqlite:///..., got {url!r}")
+
+
+def _check_web_auth(s: Settings) -> None:
+    """Limits and lifetimes must be positive; a configured secret must be long enough for HS256."""
+    for section, values in (("web", s.web), ("auth", s.auth)):
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and f.name != "port" \
+                    and value <= 0:
+                raise ConfigError(f"{section}.{f.name}: expected a positive number, got {value}")
+    if s.auth.secret and len(s.auth.secret) < 32:
+        raise ConfigError("auth.secret: expected at least 32 characters (or empty to generate one)")

@@ -36,9 +36,11 @@ class Catalogue:
 class Node:
     """The running node; ``start`` returns once the DIMSE listener accepts connections."""
 
-    def __init__(self, settings: Settings, fast_path: bool = True) -> None:
+    def __init__(self, settings: Settings, fast_path: bool = True, web: bool = False) -> None:
         self.settings = settings
         self.fast_path = fast_path
+        self.web = web  # also serve the HTTP API on [web] host/port (``serve`` does)
+        self.web_server: Any = None
         self.storage = Storage(settings.data_dir)
         self.catalogue: Catalogue | None = None
         self.ingestor: Ingestor | None = None
@@ -78,6 +80,14 @@ class Node:
             install_fast_path(self.server, self.storage.temp)
             pass_encoded_identifiers_through()
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
+        if self.web:
+            from web.server import WebServer
+
+            try:
+                self.web_server = WebServer(self.settings, self).start()
+            except Exception:
+                self.stop()
+                raise
         return self
 
     @property
@@ -88,6 +98,9 @@ class Node:
     def stop(self, grace: float = 10.0) -> None:
         """Close the listener, let running associations finish (abort after ``grace`` s),
         then commit what is queued."""
+        if self.web_server is not None:
+            self.web_server.stop()
+            self.web_server = None
         if self.server is not None:
             self.server.shutdown()
             deadline = time.monotonic() + grace

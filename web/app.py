@@ -1,0 +1,85 @@
+"""The app factory and the one route table of the HTTP API (shared/STYLE.md, 4).
+
+Middleware, outermost first: metrics (every request, by route template), body size cap,
+gzip for JSON, bearer authentication, then per-user concurrency and rate limits.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
+from starlette.routing import Route
+
+from node.config import Settings
+from node.tokens import TokenService, load_or_create_secret
+from web import instances, listings, ops, tokens
+from web.context import NodeStatus, WebContext
+from web.errors import EXCEPTION_HANDLERS, from_auth_error
+from web.limits import BodyLimitMiddleware, TokenBucket, UserLimitsMiddleware
+from web.openapi import openapi_document
+from web.security import BearerBackend, LoginThrottle
+
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/token/", "/api/token/refresh/"})
+# pixels, pictures and files are compressed already or gain little; gzip only pays for JSON
+_NOT_GZIPPED = DEFAULT_EXCLUDED_CONTENT_TYPES + ("image/*", "application/octet-stream",
+                                                 "application/dicom")
+
+
+def routes() -> list[Route]:
+    """Every route of the node's HTTP API, in one place."""
+    study = "/api/pacs/studies/{study_uid}"
+    instance = "/api/pacs/instances/{sop_uid}"
+    return [
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
+        Route("/api/token/", tokens.obtain_token, methods=["POST"]),
+        Route("/api/token/refresh/", tokens.refresh_token, methods=["POST"]),
+        Route("/api/openapi.json", openapi_document, methods=["GET"]),
+        Route("/api/pacs/studies/", listings.list_studies, methods=["GET"]),
+        Route(f"{study}/series/", listings.list_series, methods=["GET"]),
+        Route(f"{study}/series/{{series_uid}}/images/bulk", listings.series_images_bulk, methods=["GET"]),
+        Route(f"{study}/image-ids/", listings.study_image_ids, methods=["GET"]),
+        Route(f"{instance}/", instances.instance_metadata, methods=["GET"]),
+        Route(f"{instance}/frames/{{frame:int}}", instances.frame, methods=["GET"]),
+        Route(f"{instance}/frames/{{frame:int}}/rendered", instances.rendered_frame, methods=["GET"]),
+        Route(f"{instance}/thumbnail", instances.thumbnail, methods=["GET"]),
+        Route(f"{instance}/file", instances.instance_file, methods=["GET"]),
+    ]
+
+
+def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
+               token_service: TokenService | None = None,
+               clock: Callable[[], float] | None = None) -> Starlette:
+    """The HTTP API over an opened catalogue (``db.catalogue.open_database`` binds it first).
+
+    ``clock`` (monotonic seconds) drives the login throttle and rate limits, for tests.
+    """
+    token_service = token_service or TokenService(settings.auth, load_or_create_secret(settings))
+    throttle_args = {"clock": clock} if clock else {}
+    metrics = ops.Metrics(node_status)
+    ctx = WebContext(
+        settings=settings,
+        tokens=token_service,
+        login_throttle=LoginThrottle(settings.auth.max_failed_logins,
+                                     settings.auth.failed_login_window_seconds, **throttle_args),
+        node_status=node_status,
+        metrics=metrics,
+    )
+    web = settings.web
+    middleware = [
+        Middleware(ops.MetricsMiddleware, metrics=metrics),
+        Middleware(BodyLimitMiddleware, max_bytes=web.max_body_bytes),
+        Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6,
+                   exclude_content_types=_NOT_GZIPPED),
+        Middleware(AuthenticationMiddleware, backend=BearerBackend(token_service, PUBLIC_PATHS),
+                   on_error=from_auth_error),
+        Middleware(UserLimitsMiddleware, max_in_flight=web.max_in_flight_per_user,
+                   bucket=TokenBucket(web.rate_per_second, web.burst, **throttle_args)),
+    ]
+    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    app.state.ctx = ctx
+    return app

@@ -1,0 +1,36 @@
+"""Checking what a request names before anything touches the catalogue or the disk."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from node.dicomfile import is_valid_uid
+from web.errors import BadRequest
+
+
+def uid_param(request: Request, name: str) -> str:
+    """A path parameter that must be a DICOM UID (PS3.5 9.1: digits and dots, at most 64)."""
+    value = request.path_params[name]
+    if not is_valid_uid(value):
+        raise BadRequest(f"{name}: not a DICOM UID (digits and dots, at most 64 characters): "
+                         f"{value[:80]!r}")
+    return value
+
+
+def int_param(request: Request, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    """An integer query parameter within [minimum, maximum]; anything else is a 400."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: expected an integer, got {raw[:40]!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"{minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise BadRequest(f"{name}: expected {bounds}, got {value}")
+    return value
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -9,7 +9,11 @@ from typing import Any
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from pydicom.uid import (
@@ -31,6 +35,7 @@ from pydicom.uid import (
 from node.config import Settings
 from node.ingest import Ingestor
 from scp.find import handle_find
+from scp.retrieve import handle_get, handle_move
 from scp.storage import handle_echo, handle_store
 
 log = logging.getLogger(__name__)
@@ -62,8 +67,15 @@ def build_ae(settings: Settings) -> AE:
     for find_model in (PatientRootQueryRetrieveInformationModelFind,
                        StudyRootQueryRetrieveInformationModelFind):
         ae.add_supported_context(find_model, QUERY_TRANSFER_SYNTAXES)
+    for retrieve_model in (PatientRootQueryRetrieveInformationModelMove,
+                           StudyRootQueryRetrieveInformationModelMove,
+                           PatientRootQueryRetrieveInformationModelGet,
+                           StudyRootQueryRetrieveInformationModelGet):
+        ae.add_supported_context(retrieve_model, QUERY_TRANSFER_SYNTAXES)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        # A C-GET requestor proposes the SCP role for storage (PS3.4 C.4.3, PS3.7 D.3.3.4).
+        ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
     ae.require_called_aet = True
     if settings.dicom.allowed_callers:
         ae.require_calling_aet = list(settings.dicom.allowed_callers)
@@ -89,4 +101,6 @@ def event_handlers(ingestor: Ingestor, settings: Settings,
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ingestor]),
         (evt.EVT_C_FIND, handle_find, [settings, encode_directly]),
+        (evt.EVT_C_MOVE, handle_move, [settings]),
+        (evt.EVT_C_GET, handle_get, [settings]),
     ]

@@ -1,0 +1,161 @@
+"""C-MOVE and C-GET SCP (PS3.4 C.4.2 and C.4.3) for the Patient and Study Root models.
+
+The identifier becomes a ``db.query.Query`` through the same translator as C-FIND; the
+matching instances are sent as C-STORE sub-operations by pynetdicom's Query/Retrieve service,
+which sends a Pending response with the remaining/completed/failed/warning counts after each
+sub-operation, honours C-CANCEL between them (the handlers check ``is_cancelled``), and sends
+the final response (Success, Warning 0xB000 or Failure 0xA702, with the Failed SOP Instance
+UID List) only after the last sub-operation's status has come back.
+
+C-MOVE opens its sub-operation association to the Move Destination as configured under
+[remotes], proposing each SOP class in its stored transfer syntax first (``scu.store``).
+pynetdicom's service class hands ``send_c_store`` a Dataset: each file is read with its
+elements left undecoded, so pydicom writes them back byte for byte in the stored syntax; it is
+converted or decompressed only when the peer did not accept that syntax. An instance that
+cannot be sent at all (file missing, no usable context, no codec) counts as a failed
+sub-operation; it never ends the retrieve.
+
+pynetdicom's service needs the Move Destination before anything else and always answers a
+C-MOVE after at least one sub-operation once the destination is known, so an identifier that
+cannot be answered (0xA900, 0xC000, 0x0124) still reports one failed sub-operation, and C-MOVE
+opens (and closes) the association to the destination first.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from db.models import database
+from db.query import InvalidQuery, Query, StoredInstance, UnsupportedQuery, retrieve_instances
+from node.config import Settings
+from node.dicomfile import _PARSE_ERRORS
+from scp import statuses
+from scp.find import ROOT_OF_SOP_CLASS, caller_may_query, failure, query_from_identifier
+from scu.association import set_no_delay
+from scu.store import MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for, dataset_to_send
+
+log = logging.getLogger(__name__)
+
+_UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
+                "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+
+
+class _StoreAssociation:
+    """Holds the sub-operation association pynetdicom opens for a C-MOVE (its accepted
+    contexts decide whether an instance goes as stored, converted, or not at all)."""
+
+    def __init__(self) -> None:
+        self.assoc: Association | None = None
+
+    def accepted(self, event: Any) -> None:
+        self.assoc = event.assoc
+
+
+def handle_move(event: Any, settings: Settings) -> Iterator[Any]:
+    """C-MOVE (PS3.4 C.4.2.1): destination, sub-operation count, then one dataset per match."""
+    calling_ae = event.assoc.requestor.ae_title.strip()
+    destination = (event.move_destination or "").strip()
+    remote = settings.remotes.get(destination)
+    if remote is None:
+        known = ", ".join(sorted(settings.remotes)) or "none"
+        log.warning("C-MOVE from %s refused with 0xA801: Move Destination %r is unknown "
+                    "(known destinations: %s); add [remotes.%s] with host and port to config.toml",
+                    calling_ae, destination, known, destination or "AE_TITLE")
+        yield None, None
+        return
+    refusal, instances = instances_to_retrieve(event, settings, calling_ae, "C-MOVE")
+    if refusal is not None:
+        yield remote.host, remote.port, {"contexts": [build_context(Verification)]}
+        yield 1
+        yield refusal
+        return
+    store = _StoreAssociation()
+    contexts = contexts_for(instances)
+    if len(contexts) > MAX_CONTEXTS:
+        log.warning("C-MOVE to %s needs %d presentation contexts; instances of SOP classes past "
+                    "the first %d will fail", destination, len(contexts), MAX_CONTEXTS)
+    yield remote.host, remote.port, {
+        "contexts": contexts[:MAX_CONTEXTS],
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_no_delay), (evt.EVT_ACCEPTED, store.accepted)],
+    }
+    yield len(instances)
+    log.info("C-MOVE from %s: %d instance(s) to %s", calling_ae, len(instances), destination)
+    for done, inst in enumerate(instances):
+        if event.is_cancelled:
+            log.info("C-MOVE from %s cancelled after %d of %d sub-operations", calling_ae, done,
+                     len(instances))
+            yield statuses.CANCEL, None
+            return
+        yield statuses.PENDING, dataset_for_sub_operation(inst, store.assoc, settings)
+
+
+def handle_get(event: Any, settings: Settings) -> Iterator[Any]:
+    """C-GET (PS3.4 C.4.3.1): sub-operation count, then one dataset per match, sent back over
+    this association in the storage contexts the requestor proposed with the SCP role."""
+    calling_ae = event.assoc.requestor.ae_title.strip()
+    refusal, instances = instances_to_retrieve(event, settings, calling_ae, "C-GET")
+    if refusal is not None:
+        yield 1
+        yield refusal
+        return
+    yield len(instances)
+    for done, inst in enumerate(instances):
+        if event.is_cancelled:
+            log.info("C-GET from %s cancelled after %d of %d sub-operations", calling_ae, done,
+                     len(instances))
+            yield statuses.CANCEL, None
+            return
+        yield statuses.PENDING, dataset_for_sub_operation(inst, event.assoc, settings)
+
+
+def instances_to_retrieve(event: Any, settings: Settings, calling_ae: str,
+                          service: str) -> tuple[tuple[Dataset, None] | None, list[StoredInstance]]:
+    """The stored instances the identifier names, or the failure to answer instead."""
+    if not caller_may_query(calling_ae, settings):
+        return failure(statuses.NOT_AUTHORISED, f"{calling_ae} is not a known remote", calling_ae), []
+    root = ROOT_OF_SOP_CLASS[event.request.AffectedSOPClassUID]
+    try:
+        query = query_from_identifier(event.identifier, root, settings)
+        check_unique_key(query)
+        with database.connection_context():
+            return None, retrieve_instances(query)
+    except UnsupportedQuery as exc:
+        return failure(statuses.UNABLE_TO_PROCESS, str(exc), calling_ae), []
+    except InvalidQuery as exc:
+        return failure(statuses.IDENTIFIER_DOES_NOT_MATCH, str(exc), calling_ae), []
+    except _PARSE_ERRORS as exc:
+        return failure(statuses.IDENTIFIER_DOES_NOT_MATCH, f"cannot decode the identifier: {exc}",
+                       calling_ae), []
+
+
+def check_unique_key(query: Query) -> None:
+    """A retrieve names what it wants by the unique key of its level, one UID or a list
+    (PS3.4 C.4.2.2.1); without it the request would match everything. Keys of the levels
+    above are not required (relational leniency, as Orthanc and dcm4chee allow)."""
+    keyword = _UNIQUE_KEYS[query.level]
+    value = dict(query.matchers).get(keyword, "").strip()
+    if not value or "*" in value or "?" in value:
+        raise InvalidQuery(f"a {query.level} level retrieve needs a {keyword} value (no wildcards)")
+
+
+def dataset_for_sub_operation(inst: StoredInstance, assoc: Association | None,
+                              settings: Settings) -> Dataset:
+    """The dataset to send, or a stub naming the instance that pynetdicom's ``send_c_store``
+    refuses (no transfer syntax): the sub-operation then counts as failed and its UID goes
+    into the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2)."""
+    accepted = accepted_syntaxes(assoc, inst.sop_class_uid) if assoc is not None else set()
+    try:
+        return dataset_to_send(settings.data_dir / inst.path, inst.transfer_syntax, accepted)
+    except Unsendable as exc:
+        log.warning("sub-operation for %s fails: %s", inst.sop_instance_uid, exc)
+        stub = Dataset()
+        stub.SOPClassUID = inst.sop_class_uid
+        stub.SOPInstanceUID = inst.sop_instance_uid
+        return stub

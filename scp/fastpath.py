@@ -1,43 +1,62 @@
 """The hot C-STORE path, tuned where profiling showed pynetdicom spends its time.
 
-pynetdicom stays the DIMSE engine; three things change for associations this node accepts
-(DESIGN.md, "Where the time goes"):
+pynetdicom stays the DIMSE engine; for associations this node accepts (DESIGN.md, "Where the
+time goes"):
 
 - the acceptor reactor waits on its message queue instead of sleeping 1 ms between polls;
-- the DUL thread polls every 0.1 ms while the association is busy (1 ms once idle, so idle
-  associations cost no more CPU than stock);
+- the DUL thread sleeps in select() on the socket and a wake-up socket (written when a
+  primitive or event is queued) instead of polling, so it costs nothing while idle and
+  reacts at once when busy;
+- a P-DATA-TF PDU in the established state is read whole with recv_into and its PDVs go
+  straight into the DIMSE message (action DT-2 without PDU/primitive objects or copies);
 - a plain C-STORE-RSP (no Error Comment or other optional elements) is encoded directly:
-  seven elements of implicit VR little endian instead of a pydicom Dataset round trip;
+  seven elements of implicit VR little endian instead of a pydicom Dataset round trip, and
+  written to the socket by the thread that answers (action DT-1), under the DUL's send lock;
 - a received dataset stays in memory up to ``SPOOL_LIMIT`` and then spills to an unnamed
   temp file under data_dir/tmp, so a 1 GB object costs disk, not twice its size in memory.
 
-Everything else (negotiation, other services, failures) runs pynetdicom's own code. Tests run
-the same exchanges with and without this module (``install_fast_path``).
+Everything else (negotiation, other services, release, abort, failures, and every PDU when a
+handler is bound to a PDU-level event) runs pynetdicom's own code. Tests run the same
+exchanges with and without this module (``install_fast_path``).
 """
-
 from __future__ import annotations
 
 import io
+import logging
 import mmap
 import queue
+import select
+import socket
 import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_STORE, N_EVENT_REPORT
+from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
+from pynetdicom.utils import make_target
 
-BUSY_POLL = 0.0001
+try:
+    import ssl
+
+    _HAS_SSL = True
+except ImportError:  # pragma: no cover - Python built without OpenSSL
+    _HAS_SSL = False
+
+LOGGER = logging.getLogger("pynetdicom.dul")
+
 IDLE_POLL = 0.001
-BUSY_WINDOW = 0.1  # seconds after the last PDU during which the DUL polls fast
+DUL_WAIT = 0.01  # the DUL wakes at least this often (ARTIM timer, anything not queued)
 REACTOR_WAIT = 0.002
 
 
@@ -98,48 +117,319 @@ class FastRequestHandler(RequestHandler):
         # Not started yet: swapping the classes keeps every attribute pynetdicom set up.
         assoc.__class__ = FastAssociation
         assoc.dul.__class__ = FastDUL
+        assoc.dul._prepare_fast()
         assoc.dimse.__class__ = FastDIMSE
         assoc.dimse.spool_dir = getattr(self.server, "spool_dir", None)
         return assoc
 
 
+class _WakingQueue(queue.Queue):
+    """A queue.Queue that wakes the DUL thread when something is put in it."""
+
+    def __init__(self, wake: Any) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+# Notification events whose handlers see PDUs, raw bytes or FSM transitions: when any is
+# bound, P-DATA goes through pynetdicom's own code so they still see every PDU.
+_PDU_LEVEL_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION,
+                     evt.EVT_DATA_SENT, evt.EVT_PDU_SENT)
+
+
 class FastDUL(DULServiceProvider):
-    @property
-    def _run_loop_delay(self) -> float:  # type: ignore[override]
-        last = getattr(self, "_last_busy", 0.0)
-        return BUSY_POLL if time.monotonic() - last < BUSY_WINDOW else IDLE_POLL
+    """pynetdicom's DUL, sleeping in select() on the socket and a wake-up socket instead of
+    polling every millisecond, and reading P-DATA-TF PDUs straight into the DIMSE message.
 
-    @_run_loop_delay.setter
-    def _run_loop_delay(self, value: float) -> None:
-        pass  # pynetdicom sets 1 ms in __init__; the getter above decides
+    Everything but P-DATA in the established state (Sta6) still runs through pynetdicom's
+    state machine; P-DATA in Sta6 is action DT-2 (hand the PDVs to DIMSE, stay in Sta6), done
+    here without building PDU and primitive objects. A C-STORE-RSP from the reactor thread
+    is likewise written straight to the socket (DT-1) under a lock shared with the DUL's
+    own sends.
+    """
 
-    def _is_transport_event(self) -> bool:
-        if super()._is_transport_event():
-            self._last_busy = time.monotonic()
+    def _prepare_fast(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sleeping = False
+        self._send_lock = threading.Lock()
+        # Thread.__init__ bound upstream's run_reactor as the target: point it at ours.
+        self._target = make_target(self.run_reactor)
+        # AssociationSocket already queued Evt5: keep it.
+        for name in ("event_queue", "to_provider_queue"):
+            fresh = _WakingQueue(self._wake)
+            fresh.queue.extend(getattr(self, name).queue)
+            setattr(self, name, fresh)
+
+    def _wake(self) -> None:
+        if self._sleeping:
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:  # full (a wake-up is pending anyway) or closed (thread ended)
+                pass
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._sleeping = True
+        self._wake()
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self._sleeping = True
+            self._wake()
+            while self.is_alive():
+                time.sleep(0.001)
             return True
         return False
 
-    def send_pdu(self, primitive: Any) -> None:
-        self._last_busy = time.monotonic()
-        super().send_pdu(primitive)
+    def run_reactor(self) -> None:
+        try:
+            self._run_fast_reactor()
+        finally:
+            self._sleeping = False
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _run_fast_reactor(self) -> None:
+        """pynetdicom's DUL loop (dul.py run_reactor) with the sleep replaced by _wait()."""
+        self._idle_timer.start()
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:  # noqa: BLE001 - as upstream: abort, end both reactors
+                LOGGER.error("Exception in DUL.run(), aborting association")
+                LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self._send_bytes(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                self._wait()
+                continue
+            self.state_machine.do_action(event)
+
+    def _wait(self) -> None:
+        """Sleep until the peer sends, a primitive or event is queued, or DUL_WAIT passes."""
+        transport = self.socket
+        sock = transport.socket if transport is not None and transport._is_connected else None
+        if _HAS_SSL and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        self._sleeping = True
+        try:
+            if self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread:
+                return
+            watched = [self._wake_r] if sock is None else [sock, self._wake_r]
+            try:
+                ready, _, _ = select.select(watched, [], [], DUL_WAIT)
+            except (OSError, ValueError):  # the socket closed under us: the loop sees it
+                ready = []
+                time.sleep(IDLE_POLL)
+        finally:
+            self._sleeping = False
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+    def _read_pdu_data(self) -> None:
+        """As upstream, reading whole PDUs with recv_into; P-DATA-TF in Sta6 goes to DIMSE."""
+        transport = cast(Any, self.socket)
+        sock = transport.socket
+        header = _recv_exact(sock, 6)
+        if header is None or len(header) < 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        body = _recv_exact(sock, pdu_length)
+        if body is None or len(body) != pdu_length:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04 and self._pdata_fast():
+            pdvs = _split_pdvs(body)
+            if pdvs is None:
+                LOGGER.error("Unable to decode the received P-DATA-TF PDU")
+                self.event_queue.put("Evt19")
+                return
+            dimse = self.assoc.dimse
+            for context_id, value in pdvs:
+                dimse.receive_pdv(context_id, value)
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header) + body)
+        except Exception as exc:  # noqa: BLE001 - as upstream: an invalid PDU is Evt19
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _pdata_fast(self) -> bool:
+        if self.state_machine.current_state != "Sta6" or _config.STORE_RECV_CHUNKED_DATASET:
+            return False
+        handlers = self.assoc._handlers
+        return not any(handlers.get(event) for event in _PDU_LEVEL_EVENTS)
+
+    def _send(self, pdu: Any) -> None:
+        with self._send_lock:
+            super()._send(pdu)
+
+    def _send_bytes(self, data: bytes) -> None:
+        with self._send_lock:
+            if self.socket is not None:
+                self.socket.send(data)
+
+    def send_pdata_now(self, context_id: int, pdv: bytes) -> bool:
+        """Send one PDV as a P-DATA-TF PDU from the calling thread (DT-1 in Sta6).
+
+        False when the association is not plainly established or PDU-level handlers are
+        bound: the caller then queues the primitive for the DUL thread as usual.
+        """
+        if not self._pdata_fast():
+            return False
+        item = struct.pack(">LB", len(pdv) + 1, context_id) + pdv
+        data = struct.pack(">BBL", 0x04, 0, len(item)) + item
+        with self._send_lock:
+            transport = self.socket
+            if transport is None or transport.socket is None or self.state_machine.current_state != "Sta6":
+                return False
+            transport.send(data)
+        return True
+
+
+def _recv_exact(sock: Any, n: int) -> bytearray | None:
+    """n bytes from the socket (fewer if it closed first); None on a socket error."""
+    buffer = bytearray(n)
+    view = memoryview(buffer)
+    got = 0
+    try:
+        while got < n:
+            count = sock.recv_into(view[got:], n - got)
+            if not count:
+                return buffer[:got]
+            got += count
+    except (OSError, TimeoutError) as exc:
+        LOGGER.error("Connection closed before the entire PDU was received")
+        LOGGER.exception(exc)
+        return None
+    return buffer
+
+
+def _split_pdvs(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """The (context ID, value) of each PDV item of a P-DATA-TF body (PS3.8 9.3.5.1)."""
+    view = memoryview(body)
+    end = len(body)
+    pdvs = []
+    offset = 0
+    while offset < end:
+        if offset + 6 > end:
+            return None
+        (length,) = struct.unpack_from(">L", body, offset)
+        if length < 2 or offset + 4 + length > end:
+            return None
+        pdvs.append((body[offset + 4], view[offset + 5:offset + 4 + length]))
+        offset += 4 + length
+    return pdvs or None
 
 
 class FastDIMSE(DIMSEServiceProvider):
     spool_dir: Path | None = None
 
+    def _new_message(self) -> DIMSEMessage:
+        message = DIMSEMessage()
+        message.data_set = SpooledDataset(self.spool_dir)
+        return message
+
     def receive_primitive(self, primitive: Any) -> None:
         if self.message is None:
-            self.message = DIMSEMessage()
-            self.message.data_set = SpooledDataset(self.spool_dir)
+            self.message = self._new_message()
         super().receive_primitive(primitive)
+
+    def receive_pdv(self, context_id: int, value: memoryview) -> None:
+        """One PDV of a P-DATA-TF (PS3.8 E.2), as DIMSEMessage.decode_msg handles it, but
+        without copying the value before it lands in the message's data set."""
+        message = self.message
+        if message is None:
+            message = self.message = self._new_message()
+        control = value[0]
+        if control & 1:  # command set fragment
+            message.encoded_command_set.write(value[1:])
+            if not control & 2:
+                return
+            message.context_id = context_id
+            message.command_set = decode(message.encoded_command_set, True, True)
+            message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
+            if message.command_set.CommandDataSetType != 0x0101:
+                return  # a data set follows
+        else:
+            message.data_set.write(value[1:])
+            if not control & 2:
+                return
+        self._deliver(message)
+
+    def _deliver(self, message: DIMSEMessage) -> None:
+        """The end of DIMSEServiceProvider.receive_primitive once a message is complete."""
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        context_id = message.context_id
+        try:
+            primitive = message.message_to_primitive()
+        except Exception as exc:  # noqa: BLE001 - as upstream: an invalid message is Evt19
+            LOGGER.error("Received an invalid DIMSE message")
+            LOGGER.exception(exc)
+            self.dul.event_queue.put("Evt19")
+            return
+        if isinstance(primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[primitive.MessageIDBeingRespondedTo] = primitive
+        elif isinstance(primitive, N_EVENT_REPORT) and primitive.is_valid_request:
+            threading.Thread(target=make_target(self.assoc._serve_request),
+                             args=(primitive, context_id)).start()
+        else:
+            self.msg_queue.put((context_id, primitive))
+        self.message = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         encoded = _plain_store_response(primitive)
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             super().send_msg(primitive, context_id)
             return
+        pdv = b"\x03" + encoded
+        max_pdu = self.maximum_pdu_size
+        if max_pdu and len(pdv) + 6 > max_pdu:  # the peer takes tiny PDUs: let pynetdicom split
+            super().send_msg(primitive, context_id)
+            return
+        if self.dul.send_pdata_now(context_id, pdv):
+            return
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+        pdata.presentation_data_value_list.append((context_id, pdv))
         self.dul.send_pdu(pdata)
 
 
@@ -151,8 +441,10 @@ def _plain_store_response(primitive: Any) -> bytes | None:
     """The command set of a C-STORE-RSP with only its required elements, else None."""
     if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
         return None
+    # MessageID is set on responses too (pynetdicom copies it from the request) but is not
+    # part of a C-STORE-RSP command set, so it does not disqualify the direct encoding.
     for name in ("ErrorComment", "OffendingElement", "MoveOriginatorApplicationEntityTitle",
-                 "MoveOriginatorMessageID", "MessageID"):
+                 "MoveOriginatorMessageID"):
         if getattr(primitive, name, None):
             return None
     if primitive.Status is None or primitive.AffectedSOPClassUID is None:
@@ -164,6 +456,24 @@ def _plain_store_response(primitive: Any) -> bytes | None:
         _us(0x0800, 0x0101),
         _us(0x0900, primitive.Status),
         _ui(0x1000, primitive.AffectedSOPInstanceUID) if primitive.AffectedSOPInstanceUID else b"",
+    ))
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+def _plain_find_response(primitive: Any) -> bytes | None:
+    """The command set of a C-FIND-RSP (PS3.7 9.3.2.2) without Error Comment or Offending
+    Element, else None: one is sent for every match of a query."""
+    if not isinstance(primitive, C_FIND) or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
+        return None
+    has_identifier = primitive.Identifier is not None and primitive.Identifier.getvalue() != b""
+    body = b"".join((
+        _ui(0x0002, primitive.AffectedSOPClassUID),
+        _us(0x0100, 0x8020),
+        _us(0x0120, primitive.MessageIDBeingRespondedTo),
+        _us(0x0800, 0x0001 if has_identifier else 0x0101),
+        _us(0x0900, primitive.Status),
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 

@@ -1,19 +1,33 @@
-"""The directly encoded C-STORE-RSP equals pynetdicom's own encoding of the same response."""
+"""The hot C-STORE path (scp.fastpath): direct encodings equal pynetdicom's, and live
+exchanges give the same results with and without it."""
 
 from __future__ import annotations
 
+import io
+import socket
+import threading
 import time
 
+import pytest
+from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import CTImageStorage, Verification
 
+from db.models import Instance, database
+from node.runtime import Node
 from scp import fastpath
+from tests.helpers import make_dataset
 
 
 def _response(status: int = 0x0000, **extra) -> C_STORE:
     rsp = C_STORE()
+    rsp.MessageID = 513  # pynetdicom's StorageServiceClass copies it onto the response
     rsp.MessageIDBeingRespondedTo = 513
     rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
     rsp.AffectedSOPInstanceUID = "1.2.3.4.55"  # odd length: padded
@@ -53,10 +67,178 @@ def test_responses_with_optional_elements_use_pynetdicom():
     assert fastpath._plain_store_response(request) is None
 
 
-def test_dul_polls_fast_only_while_busy():
-    dul = fastpath.FastDUL.__new__(fastpath.FastDUL)
-    assert dul._run_loop_delay == fastpath.IDLE_POLL
-    dul._last_busy = time.monotonic()
-    assert dul._run_loop_delay == fastpath.BUSY_POLL
-    dul._last_busy = time.monotonic() - fastpath.BUSY_WINDOW - 0.01
-    assert dul._run_loop_delay == fastpath.IDLE_POLL
+# --- live exchanges: the same bytes must arrive with and without the fast path ------------
+
+
+
+def _associate(node, max_pdu=16382):
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    ae.maximum_pdu_size = max_pdu
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.dimse_address[1], ae_title="PACSNODE")
+    assert assoc.is_established
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def _stored_bytes(node, sop_uid):
+    with database.connection_context():
+        row = Instance.get(Instance.sop_instance_uid == sop_uid)
+    return node.storage.absolute(row.path).read_bytes(), row
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path", "stock-pynetdicom"])
+def small_pdu_node(make_settings, request):
+    """A node that takes PDUs of at most 4 kB: a 128x128 image arrives in ~10 PDUs."""
+    node = Node(make_settings(dicom={"max_pdu_length": 4096}), fast_path=request.param).start()
+    yield node
+    node.stop()
+
+
+def test_many_fragments_store_the_exact_bytes(small_pdu_node):
+    datasets = [make_dataset(rows=128, columns=128, instance_number=n) for n in range(3)]
+    assoc = _associate(small_pdu_node)
+    try:
+        for ds in datasets:
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    for ds in datasets:
+        stored, row = _stored_bytes(small_pdu_node, ds.SOPInstanceUID)
+        assert stored[row.pixel_offset:row.pixel_offset + row.pixel_length] == ds.PixelData
+        assert dcmread(io.BytesIO(stored)).PatientName == ds.PatientName
+
+
+def _send_in_one_pdu(assoc, ds, message_id=3):
+    """Command set and data set as two PDVs of a single P-DATA-TF PDU (PS3.8 9.3.5)."""
+    from tests.test_store_scp import _encoded
+
+    request = C_STORE_RQ()
+    primitive = C_STORE()
+    primitive.MessageID = message_id
+    primitive.AffectedSOPClassUID = ds.SOPClassUID
+    primitive.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    primitive.Priority = 2
+    primitive.DataSet = io.BytesIO(_encoded(ds))
+    request.primitive_to_message(primitive)
+    context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
+    combined = P_DATA()
+    for pdata in request.encode_msg(context.context_id, 0):
+        combined.presentation_data_value_list.extend(pdata.presentation_data_value_list)
+    assert len(combined.presentation_data_value_list) == 2
+    assoc._reactor_checkpoint.clear()
+    try:
+        while not assoc._is_paused:
+            time.sleep(0.0001)
+        assoc.dul.send_pdu(combined)
+        _, response = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return response
+
+
+def test_command_and_dataset_in_one_pdu(running_node):
+    ds = make_dataset()
+    assoc = _associate(running_node, max_pdu=0)
+    try:
+        response = _send_in_one_pdu(assoc, ds)
+        assert response.Status == 0x0000
+        assert response.MessageIDBeingRespondedTo == 3
+        assert response.AffectedSOPInstanceUID == ds.SOPInstanceUID
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    stored, row = _stored_bytes(running_node, ds.SOPInstanceUID)
+    assert stored[row.pixel_offset:row.pixel_offset + row.pixel_length] == ds.PixelData
+
+
+def test_concurrent_associations_all_stored(running_node):
+    per_assoc, threads, statuses = 15, 4, []
+
+    def send(n):
+        assoc = _associate(running_node)
+        try:
+            for i in range(per_assoc):
+                ds = make_dataset(patient_id=f"P{n}", instance_number=i)
+                statuses.append((ds.SOPInstanceUID, assoc.send_c_store(ds).Status))
+        finally:
+            assoc.release()
+
+    workers = [threading.Thread(target=send, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert len(statuses) == per_assoc * threads
+    assert {status for _, status in statuses} == {0x0000}
+    with database.connection_context():
+        assert Instance.select().count() == per_assoc * threads
+    assert len(list(running_node.storage.iter_files())) == per_assoc * threads
+
+
+def _wait_for(check, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_malformed_pdata_aborts_only_that_association(running_node):
+    bad = _associate(running_node)
+    # A P-DATA-TF whose PDV item claims more bytes than the PDU holds.
+    bad.dul.socket.socket.sendall(b"\x04\x00\x00\x00\x00\x0a" + b"\x00\x00\x01\x00\x01\x03" + b"\x00" * 4)
+    assert _wait_for(lambda: not bad.is_established)
+    assert _wait_for(lambda: not running_node.ae.active_associations)
+    good = _associate(running_node)
+    try:
+        assert good.send_c_store(make_dataset()).Status == 0x0000
+    finally:
+        good.release()
+
+
+def test_peer_vanishing_mid_message_frees_the_association(running_node):
+    assoc = _associate(running_node)
+    sock = assoc.dul.socket.socket
+    # Half a P-DATA-TF PDU, then the connection closes (a sender killed mid-transfer).
+    sock.sendall(b"\x04\x00\x00\x00\x10\x00" + b"\x00" * 100)
+    assoc.dul.kill_dul()
+    sock.close()
+    assert _wait_for(lambda: not running_node.ae.active_associations)
+    assert not any(running_node.storage.temp.iterdir())
+    good = _associate(running_node)
+    try:
+        assert good.send_c_echo().Status == 0x0000
+    finally:
+        good.release()
+
+
+def test_idle_association_answers_promptly(running_node):
+    """After idling, the first request is served without waiting for a poll interval."""
+    assoc = _associate(running_node)
+    try:
+        time.sleep(0.3)
+        started = time.perf_counter()
+        assert assoc.send_c_echo().Status == 0x0000
+        assert time.perf_counter() - started < 0.5
+    finally:
+        assoc.release()
+
+
+def test_pdu_level_handlers_keep_the_stock_receive_path(make_settings):
+    """With a handler bound to PDU-level events, every PDU goes through pynetdicom's FSM."""
+    seen = []
+    node = Node(make_settings(), fast_path=True).start()
+    try:
+        node.server.bind(evt.EVT_PDU_RECV, lambda event: seen.append(type(event.pdu).__name__))
+        assoc = _associate(node)
+        try:
+            assert assoc.send_c_store(make_dataset()).Status == 0x0000
+        finally:
+            assoc.release()
+    finally:
+        node.stop()
+    assert "P_DATA_TF" in seen

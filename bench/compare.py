@@ -30,9 +30,9 @@ from bench.scenario import Scenario, Summary, print_table, run_scenario  # noqa:
 
 def all_scenarios() -> list[Scenario]:
     """Every measurement, in table order."""
-    from bench import ingest
+    from bench import ingest, query
 
-    return [*ingest.SCENARIOS]
+    return [*ingest.SCENARIOS, *query.SCENARIOS]
 
 
 def select(scenarios: list[Scenario], only: Sequence[str]) -> list[Scenario]:
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.repeat < 1:
         raise SystemExit("error: --repeat must be at least 1")
-    missing = [tool for tool in ("storescu", "echoscu", ORTHANC_BINARY) if not shutil.which(tool)]
+    missing = [tool for tool in ("storescu", "echoscu", "findscu", ORTHANC_BINARY) if not shutil.which(tool)]
     if missing:
         print(f"error: not installed: {', '.join(missing)} (Debian packages dcmtk, orthanc)",
               file=sys.stderr)

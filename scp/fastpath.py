@@ -308,16 +308,16 @@ class FastDUL(DULServiceProvider):
             if self.socket is not None:
                 self.socket.send(data)
 
-    def send_pdata_now(self, context_id: int, pdv: bytes) -> bool:
-        """Send one PDV as a P-DATA-TF PDU from the calling thread (DT-1 in Sta6).
+    def send_pdata_now(self, context_id: int, *pdvs: bytes) -> bool:
+        """Send PDVs as one P-DATA-TF PDU from the calling thread (DT-1 in Sta6).
 
         False when the association is not plainly established or PDU-level handlers are
         bound: the caller then queues the primitive for the DUL thread as usual.
         """
         if not self._pdata_fast():
             return False
-        item = struct.pack(">LB", len(pdv) + 1, context_id) + pdv
-        data = struct.pack(">BBL", 0x04, 0, len(item)) + item
+        items = b"".join(struct.pack(">LB", len(pdv) + 1, context_id) + pdv for pdv in pdvs)
+        data = struct.pack(">BBL", 0x04, 0, len(items)) + items
         with self._send_lock:
             transport = self.socket
             if transport is None or transport.socket is None or self.state_machine.current_state != "Sta6":
@@ -417,19 +417,23 @@ class FastDIMSE(DIMSEServiceProvider):
         self.message = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        encoded = _plain_store_response(primitive)
+        encoded = _plain_store_response(primitive) or _plain_find_response(primitive)
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             super().send_msg(primitive, context_id)
             return
-        pdv = b"\x03" + encoded
+        pdvs = [b"\x03" + encoded]
+        identifier = getattr(primitive, "Identifier", None)
+        if identifier is not None and identifier.getvalue():
+            # a C-FIND answer: its identifier in a second PDV of the same PDU (PS3.8 9.3.5)
+            pdvs.append(b"\x02" + identifier.getvalue())
         max_pdu = self.maximum_pdu_size
-        if max_pdu and len(pdv) + 6 > max_pdu:  # the peer takes tiny PDUs: let pynetdicom split
+        if max_pdu and sum(len(p) + 6 for p in pdvs) > max_pdu:  # let pynetdicom split it
             super().send_msg(primitive, context_id)
             return
-        if self.dul.send_pdata_now(context_id, pdv):
+        if self.dul.send_pdata_now(context_id, *pdvs):
             return
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, pdv))
+        pdata.presentation_data_value_list.extend((context_id, p) for p in pdvs)
         self.dul.send_pdu(pdata)
 
 

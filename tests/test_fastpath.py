@@ -242,3 +242,33 @@ def test_pdu_level_handlers_keep_the_stock_receive_path(make_settings):
     finally:
         node.stop()
     assert "P_DATA_TF" in seen
+
+
+def _stock_find_bytes(rsp) -> tuple[bytes, bytes]:
+    from pynetdicom.dimse_messages import C_FIND_RSP
+
+    message = C_FIND_RSP()
+    message.primitive_to_message(rsp)
+    pdvs = [pdv for pdata in message.encode_msg(1, 16384) for _, pdv in pdata.presentation_data_value_list]
+    command = b"".join(p[1:] for p in pdvs if p[0] & 1)
+    data = b"".join(p[1:] for p in pdvs if not p[0] & 1)
+    return command, data
+
+
+def test_direct_find_response_matches_pynetdicom():
+    import io
+
+    from pynetdicom.dimse_primitives import C_FIND
+
+    for status, identifier in ((0xFF00, b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "), (0x0000, None),
+                               (0xFE00, None)):
+        rsp = C_FIND()
+        rsp.MessageID = rsp.MessageIDBeingRespondedTo = 7
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+        rsp.Status = status
+        rsp.Identifier = io.BytesIO(identifier) if identifier else None
+        command, data = _stock_find_bytes(rsp)
+        assert fastpath._plain_find_response(rsp) == command
+        assert data == (identifier or b"")
+    rsp.ErrorComment = "why"
+    assert fastpath._plain_find_response(rsp) is None

@@ -14,6 +14,9 @@ from peewee import JOIN, fn
 
 from db.models import Instance, Series, Study
 
+# Deflated Explicit VR Little Endian, Explicit VR Big Endian
+_OFFSETS_NOT_RECORDED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2")
+
 
 @dataclass(frozen=True)
 class InstancePixels:
@@ -48,7 +51,10 @@ class InstancePixels:
 
     @property
     def has_pixels(self) -> bool:
-        return bool(self.rows and self.columns and self.bits_allocated)
+        """Pixel Data was found at ingest (offsets are not recorded for deflated and big
+        endian files, whose pixels are then decoded)."""
+        recorded = self.pixel_offset is not None or self.transfer_syntax in _OFFSETS_NOT_RECORDED
+        return bool(self.rows and self.columns and self.bits_allocated and recorded)
 
 
 @dataclass(frozen=True)

@@ -116,10 +116,16 @@ def _pread(fd: int, length: int, offset: int) -> bytes:
 def decode_frame(path: Path, inst: InstancePixels, n: int) -> np.ndarray:
     """Frame ``n`` as an array (rows, columns[, samples]); colour converted to RGB."""
     check_frame(inst, n)
+    from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
     try:
-        return pixel_array(str(path), index=n - 1)
+        if stored_frame(inst):  # pydicom reads only this frame's bytes from the file
+            return pixel_array(str(path), index=n - 1)
+        # deflated or big endian: pydicom's file reader (which inflates) must parse it whole
+        return pixel_array(dcmread(path), index=n - 1)
+    except AttributeError:
+        raise NoPixelData(f"instance {inst.sop_instance_uid} has no pixel data") from None
     except (NotImplementedError, RuntimeError, ValueError) as exc:
         raise CannotDecode(f"cannot decode {inst.transfer_syntax} here: {exc}") from None
 

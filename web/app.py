@@ -6,6 +6,7 @@ gzip for JSON, bearer authentication, then per-user concurrency and rate limits.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from starlette.applications import Starlette
@@ -13,6 +14,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 
 from node.config import Settings
 from node.tokens import TokenService, load_or_create_secret
@@ -27,6 +29,24 @@ PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/token/", "/api/token/ref
 # pixels, pictures and files are compressed already or gain little; gzip only pays for JSON
 _NOT_GZIPPED = DEFAULT_EXCLUDED_CONTENT_TYPES + ("image/*", "application/octet-stream",
                                                  "application/dicom")
+
+# The built-in viewer (web/static/, served at /): only its own files may run, style, load or be
+# fetched; frames, thumbnails and uploads all go to the API on the same origin.
+VIEWER_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+class ViewerFiles(StaticFiles):
+    async def get_response(self, path: str, scope):  # noqa: ANN001, ANN201 - StaticFiles' signature
+        response = await super().get_response(path, scope)
+        response.headers.update(VIEWER_HEADERS)
+        return response
 
 
 def routes() -> list[Route]:
@@ -82,4 +102,6 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
     ]
     app = Starlette(routes=routes(), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.ctx = ctx
+    # paths no API route knows are the viewer's files (API methods and errors stay as they are)
+    app.router.default = ViewerFiles(directory=Path(__file__).parent / "static", html=True)
     return app

@@ -123,7 +123,22 @@ def settings_from_mapping(
         remotes[ae_title] = _build(RemoteSettings, table, f"remotes.{ae_title}", base_dir)
     settings = Settings(**sections, remotes=remotes, source=source)
     _check_values(settings)
+    url = _resolve_sqlite_url(settings.database.url, base_dir)
+    if url != settings.database.url:
+        settings = dataclasses.replace(settings, database=DatabaseSettings(url=url))
     return settings
+
+
+def _resolve_sqlite_url(url: str, base_dir: Path) -> str:
+    """``sqlite:///relative/file`` is relative to the config file's folder, like every path
+    (``sqlite:////absolute/file`` stays as it is)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        return url
+    if not url[len(prefix):]:
+        raise ConfigError(f"database.url: expected a file after sqlite:///, got {url!r}")
+    path = Path(url[len(prefix):]).expanduser()
+    return prefix + str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def _hint(cls: type, name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -40,36 +41,48 @@ def collect_files(paths: Iterable[Path]) -> list[Path]:
 def _expand(path: Path) -> Iterator[Path]:
     if path.is_file():
         if path.name.upper() == "DICOMDIR":
-            yield from dicomdir_files(path)
+            referenced = dicomdir_files(path)
+            yield from referenced if referenced is not None else _walk(path.parent)
         else:
             yield path
         return
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    dicomdir = next((path / n for n in os.listdir(path) if n.upper() == "DICOMDIR"), None)
+    yield from _walk(path)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The folder's DICOMDIR references first (in media order), then every other file.
+
+    A DICOMDIR anywhere in the tree is a directory of the media, not an instance: a folder
+    of copied CDs holds one per disc, and each disc's files are found by the walk.
+    """
+    dicomdir = next((folder / n for n in os.listdir(folder) if n.upper() == "DICOMDIR"), None)
     referenced: set[Path] = set()
     if dicomdir is not None and dicomdir.is_file():
-        for file in dicomdir_files(dicomdir):
+        for file in dicomdir_files(dicomdir) or []:
             referenced.add(file)
             yield file
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(folder):
         dirs.sort()
         for name in sorted(files):
             file = Path(root) / name
-            if file == dicomdir or file in referenced:
+            if name.upper() == "DICOMDIR" or file in referenced:
                 continue
             yield file
 
 
-def dicomdir_files(dicomdir: Path) -> Iterator[Path]:
-    """Files referenced by a DICOMDIR (PS3.10 8.6), found even on media whose case differs."""
+def dicomdir_files(dicomdir: Path) -> list[Path] | None:
+    """Files referenced by a DICOMDIR (PS3.10 8.6), found even on media whose case differs;
+    None when the DICOMDIR cannot be read (the caller then walks its folder)."""
     try:
         ds = dcmread(dicomdir, force=True)
         records = ds.DirectoryRecordSequence
     except Exception as exc:  # noqa: BLE001 - an unreadable DICOMDIR falls back to the folder walk
         log.warning("cannot read %s (%s); importing its folder as plain files", dicomdir, exc)
-        return
+        return None
     base = dicomdir.parent
+    found: list[Path] = []
     for record in records:
         ref = record.get("ReferencedFileID")
         if not ref:
@@ -77,9 +90,10 @@ def dicomdir_files(dicomdir: Path) -> Iterator[Path]:
         parts = [ref] if isinstance(ref, str) else list(ref)
         resolved = _resolve_case_insensitive(base, parts)
         if resolved is not None:
-            yield resolved
+            found.append(resolved)
         else:
             log.warning("%s references %s, which is not on the media", dicomdir, "/".join(parts))
+    return found
 
 
 def _resolve_case_insensitive(base: Path, parts: list[str]) -> Path | None:
@@ -118,7 +132,7 @@ def _import_one(ingestor: Ingestor, file: Path, data: bytes, summary: ImportSumm
         summary.skipped.append((str(file), "not a DICOM file"))
         return
     try:
-        outcome = ingestor.ingest_part10(data, source_ae=None)
+        outcome = ingestor.ingest_part10(as_part10(data), source_ae=None)
     except DuplicateInstance:
         summary.already_present += 1
     except InvalidDataset as exc:
@@ -133,7 +147,19 @@ def _import_one(ingestor: Ingestor, file: Path, data: bytes, summary: ImportSumm
 
 
 def looks_like_dicom(data: bytes) -> bool:
-    """Part 10 files carry "DICM" at 128; bare datasets start with a group 0008 element."""
+    """Part 10 files carry "DICM" at 128; files without a preamble start with the meta group
+    (0002) or, as bare datasets, with a low element of group 0008."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return True
-    return len(data) >= 8 and data[0:2] in (b"\x08\x00", b"\x02\x00") and data[2:4] < b"\x00\x10"
+    if len(data) < 8:
+        return False
+    group, element = struct.unpack_from("<HH", data)
+    return group == 0x0002 or (group == 0x0008 and element < 0x1000)
+
+
+def as_part10(data: bytes) -> bytes:
+    """File meta written without its preamble (PS3.10 7.1) gets one, so the meta group is read
+    as meta, not stored as part of the dataset."""
+    if data[:2] == b"\x02\x00" and data[128:132] != b"DICM":
+        return b"\x00" * 128 + b"DICM" + data
+    return data

@@ -102,12 +102,18 @@ class Node:
             self.web_server.stop()
             self.web_server = None
         if self.server is not None:
-            self.server.shutdown()
+            server = self.server
+            server.shutdown()
+            # Only established associations are running anything. A connection that closed
+            # before its A-ASSOCIATE-RQ (a port check) keeps its pynetdicom thread until the
+            # ACSE timeout: waiting for it would hold every stop for the whole grace.
             deadline = time.monotonic() + grace
-            while self.ae.active_associations and time.monotonic() < deadline:
+            while (any(a.is_established for a in server.active_associations)
+                   and time.monotonic() < deadline):
                 time.sleep(0.05)
-            for assoc in self.ae.active_associations:
-                log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
+            for assoc in server.active_associations:
+                if assoc.is_established:
+                    log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
             self.server = None
         if self.catalogue is not None:

@@ -177,3 +177,140 @@ def run_cli(config: Path, *args: str, timeout: float = 120, input: str | None = 
 
 def have_dcmtk() -> bool:
     return shutil.which("storescu") is not None and shutil.which("echoscu") is not None
+
+
+# --- storescu runs, catalogue inspection and stored-file checks ------------------------------
+
+_SENDING = "I: Sending file: "
+_SUCCESS = "I: Received Store Response (Success)"
+
+
+def storescu_args(port: int, *options: str, ae_title: str = "PACSNODE") -> list[str]:
+    """storescu with verbose output (one "Sending file" and one response line per instance)."""
+    return ["storescu", "-v", "-to", "10", "-aec", ae_title, *options, "127.0.0.1", str(port)]
+
+
+def run_storescu(port: int, paths: list[Path], *options: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        storescu_args(port, *options) + [str(p) for p in paths],
+        capture_output=True, text=True, env=dcmtk_env(), timeout=timeout,
+    )
+
+
+def successful_files(lines: list[str] | str) -> list[str]:
+    """Files storescu -v reports as answered with Success (its response follows the file's
+    "Sending file" line; DCMTK 3.6.7 prints both on stderr)."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    current: str | None = None
+    done: list[str] = []
+    for line in lines:
+        if line.startswith(_SENDING):
+            current = line[len(_SENDING):].strip()
+        elif line.startswith(_SUCCESS) and current is not None:
+            done.append(current)
+            current = None
+    return done
+
+
+class LineCollector:
+    """Collects a subprocess's output lines on a thread, so a test can wait for a line
+    count with a deadline instead of blocking on readline."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001 - a text pipe
+        import threading
+
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:  # noqa: ANN001
+        with stream:
+            for line in stream:
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self._cond.notify_all()
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float) -> bool:  # noqa: ANN001 - lines -> bool
+        """True once predicate(lines) holds; False at end of output or after timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.lines):
+                remaining = deadline - time.monotonic()
+                if self._done or remaining <= 0:
+                    return predicate(self.lines)
+                self._cond.wait(remaining)
+            return True
+
+    def finish(self, timeout: float) -> list[str]:
+        """Every line, once the stream has ended (TimeoutError if it does not end in time)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the output did not end in time")
+        return list(self.lines)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def port_refuses(port: int) -> bool:
+    """True when nothing listens on the port any more."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The encoded dataset of a Part 10 file: what follows its File Meta Information."""
+    import io
+    import struct
+
+    assert part10[128:132] == b"DICM", "not a Part 10 file"
+    fp = io.BytesIO(part10)
+    fp.seek(132)
+    # (0002,0000) UL group length is the first element of the meta (PS3.10 7.1)
+    header = fp.read(12)
+    assert header[:4] == b"\x02\x00\x00\x00", "the file meta has no group length"
+    (group_length,) = struct.unpack("<I", header[8:12])
+    return part10[132 + 12 + group_length:]
+
+
+def catalogue_rows(data_dir: Path) -> dict[str, dict]:
+    """SOP Instance UID -> its instance row, read straight from the SQLite catalogue."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{data_dir / 'catalogue.sqlite'}?mode=ro", uri=True, timeout=10)
+    try:
+        con.row_factory = sqlite3.Row
+        return {row["sop_instance_uid"]: dict(row) for row in con.execute("SELECT * FROM instance")}
+    finally:
+        con.close()
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_node_config(folder: Path, *, port: int = 0, **kwargs: object) -> Path:
+    """write_config plus a free HTTP port, so nodes started side by side (by these tests or
+    by another run on the machine) never collide on the web listener."""
+    path = write_config(folder, port=port, **kwargs)
+    text = path.read_text()
+    if "[web]" not in text:
+        path.write_text(text + f'[web]\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    return path

@@ -61,6 +61,8 @@ REACTOR_WAIT = 0.002
 
 
 SPOOL_LIMIT = 32 * 1024 * 1024
+HOLD_LIMIT = 64 * 1024  # C-FIND answers written together, at most this many bytes
+HOLD_TIME = 0.002  # ... and held back at most about this long
 
 
 def install_fast_path(server: Any, spool_dir: Path) -> None:
@@ -241,13 +243,18 @@ class FastDUL(DULServiceProvider):
             if self.event_queue.qsize() or self.to_provider_queue.qsize() or self._kill_thread:
                 return
             watched = [self._wake_r] if sock is None else [sock, self._wake_r]
+            # answers held back for one write leave within HOLD_TIME (see send_pdata_now)
+            timeout = HOLD_TIME if getattr(self, "_held", None) else DUL_WAIT
             try:
-                ready, _, _ = select.select(watched, [], [], DUL_WAIT)
+                ready, _, _ = select.select(watched, [], [], timeout)
             except (OSError, ValueError):  # the socket closed under us: the loop sees it
                 ready = []
                 time.sleep(IDLE_POLL)
         finally:
             self._sleeping = False
+        if getattr(self, "_held", None):
+            with self._send_lock:
+                self._flush_held()
         if self._wake_r in ready:
             try:
                 while self._wake_r.recv(4096):
@@ -301,28 +308,50 @@ class FastDUL(DULServiceProvider):
 
     def _send(self, pdu: Any) -> None:
         with self._send_lock:
+            self._flush_held()
             super()._send(pdu)
 
     def _send_bytes(self, data: bytes) -> None:
         with self._send_lock:
+            self._flush_held()
             if self.socket is not None:
                 self.socket.send(data)
 
-    def send_pdata_now(self, context_id: int, *pdvs: bytes) -> bool:
+    def _flush_held(self) -> None:
+        """Send what ``send_pdata_now(hold=True)`` kept back; the caller holds the send lock."""
+        held = getattr(self, "_held", None)
+        if held:
+            data = b"".join(held)
+            held.clear()
+            if self.socket is not None and self.socket.socket is not None:
+                self.socket.send(data)
+
+    def send_pdata_now(self, context_id: int, *pdvs: bytes, hold: bool = False) -> bool:
         """Send PDVs as one P-DATA-TF PDU from the calling thread (DT-1 in Sta6).
 
+        With ``hold`` the PDU may wait (up to HOLD_LIMIT bytes, and at most HOLD_TIME: the
+        DUL thread flushes it) and leave with the next PDUs in one write: a stream of C-FIND
+        answers then costs a system call every few milliseconds rather than per answer, and
+        a slow stream still reaches the peer at once (so it can cancel). Every other send
+        flushes what is held first, so order is kept.
         False when the association is not plainly established or PDU-level handlers are
         bound: the caller then queues the primitive for the DUL thread as usual.
         """
         if not self._pdata_fast():
+            with self._send_lock:
+                self._flush_held()
             return False
         items = b"".join(struct.pack(">LB", len(pdv) + 1, context_id) + pdv for pdv in pdvs)
         data = struct.pack(">BBL", 0x04, 0, len(items)) + items
         with self._send_lock:
             transport = self.socket
             if transport is None or transport.socket is None or self.state_machine.current_state != "Sta6":
+                self._flush_held()
                 return False
-            transport.send(data)
+            held = self.__dict__.setdefault("_held", [])
+            held.append(data)
+            if not hold or sum(map(len, held)) >= HOLD_LIMIT:
+                self._flush_held()
         return True
 
 
@@ -430,7 +459,8 @@ class FastDIMSE(DIMSEServiceProvider):
         if max_pdu and sum(len(p) + 6 for p in pdvs) > max_pdu:  # let pynetdicom split it
             super().send_msg(primitive, context_id)
             return
-        if self.dul.send_pdata_now(context_id, *pdvs):
+        pending_answer = isinstance(primitive, C_FIND) and primitive.Status in (0xFF00, 0xFF01)
+        if self.dul.send_pdata_now(context_id, *pdvs, hold=pending_answer):
             return
         pdata = P_DATA()
         pdata.presentation_data_value_list.extend((context_id, p) for p in pdvs)

@@ -53,6 +53,7 @@ class IndexResult:
     outcome: Indexed
     stored_path: str  # the path the catalogue points to after the commit
     superseded_path: str | None = None  # a file no row points to any more
+    row_id: int | None = None  # the instance row written (STORED, REPLACED)
 
 
 @dataclass(frozen=True)
@@ -193,18 +194,63 @@ def index_batch(records: list[tuple[InstanceRecord, bool]], cache: HierarchyCach
             touched.add_instance(_parents_of_series(existing_series), -1)
         parents = _series_parents(record, cache, touched, now)
         row = _instance_row(record, parents[0], now)
-        db.execute_sql(sql.insert_instance, tuple(row[name] for name in sql.instance_columns))
+        cursor = db.execute_sql(sql.insert_instance, tuple(row[name] for name in sql.instance_columns))
         touched.add_instance(parents)
         outcome = Indexed.REPLACED if existing is not None else Indexed.STORED
-        results.append(IndexResult(outcome, record.path, superseded))
+        results.append(IndexResult(outcome, record.path, superseded, getattr(cursor, "lastrowid", None)))
     touched.apply(db, sql)
     return results
+
+
+def unindex_rows(rows: list[tuple[int, str]]) -> list[bool]:
+    """Delete instance rows by (row id, path) in the current transaction, keeping counts right.
+
+    Used when a file turned out not to be durable after its row was committed (an fsync
+    failed, or a start-up check found it missing or damaged). A row whose path changed in
+    the meantime (replaced by a newer copy) is left alone. True for each row deleted.
+    """
+    db = database.obj
+    sql = _statements(db)
+    touched = _Counts()
+    deleted = []
+    for row_id, path in rows:
+        found = db.execute_sql(sql.find_instance_by_id, (row_id,)).fetchone()
+        if found is None or found[0] != path:
+            deleted.append(False)
+            continue
+        db.execute_sql(sql.delete_instance, (row_id,))
+        touched.add_instance(_parents_of_series(found[1]), -1)
+        deleted.append(True)
+    touched.apply(db, sql)
+    return deleted
+
+
+def set_meta(key: str, value: str) -> None:
+    """Insert or update a catalogue fact, in the current transaction."""
+    db = database.obj
+    db.execute_sql(_statements(db).set_meta, (key, value))
+
+
+def get_meta(key: str) -> str | None:
+    db = database.obj
+    row = db.execute_sql(_statements(db).get_meta, (key,)).fetchone()
+    return row[0] if row else None
+
+
+def instance_rows_from(first_id: int) -> list[tuple[int, str, str, int, str]]:
+    """(row id, SOP Instance UID, path, size, sha256) of every instance row from ``first_id`` on."""
+    db = database.obj
+    return list(db.execute_sql(_statements(db).rows_from, (first_id,)).fetchall())
 
 
 @dataclass(frozen=True)
 class _Statements:
     instance_columns: tuple[str, ...]
     find_instance: str
+    find_instance_by_id: str
+    rows_from: str
+    set_meta: str
+    get_meta: str
     delete_instance: str
     insert_instance: str
     add_series_counts: str
@@ -224,9 +270,15 @@ def _statements(db: Database) -> _Statements:
     columns = tuple(f.column_name for f in Instance._meta.sorted_fields if f.name != "id")
     names = tuple(f.name for f in Instance._meta.sorted_fields if f.name != "id")
     inst, ser, stu, pat = (m._meta.table_name for m in (Instance, Series, Study, Patient))
+    meta = Meta._meta.table_name
     statements = _Statements(
         instance_columns=names,
         find_instance=f"SELECT id, path, series_id FROM {inst} WHERE sop_instance_uid = {p}",
+        find_instance_by_id=f"SELECT path, series_id FROM {inst} WHERE id = {p}",
+        rows_from=f"SELECT id, sop_instance_uid, path, size, sha256 FROM {inst} WHERE id >= {p} ORDER BY id",
+        set_meta=(f"INSERT INTO {meta} (key, value) VALUES ({p}, {p}) "
+                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+        get_meta=f"SELECT value FROM {meta} WHERE key = {p}",
         delete_instance=f"DELETE FROM {inst} WHERE id = {p}",
         insert_instance=f"INSERT INTO {inst} ({', '.join(columns)}) VALUES ({', '.join([p] * len(columns))})",
         add_series_counts=f"UPDATE {ser} SET num_instances = num_instances + {p} WHERE id = {p}",

@@ -3,6 +3,16 @@
 Several associations storing at once share one transaction (and one fsync of the WAL), yet
 no caller returns before the commit that holds its row. That is what lets the C-STORE SCP
 answer Success only for what is durable.
+
+Unsettled rows (SQLite): a caller may commit a row while its file is still being fsynced
+(``submit(..., settle_later=True)``), so the file's fsync, its folder's fsync and the WAL's
+run at the same time instead of one after the other. Every commit then also records, in the
+same transaction, the lowest row id whose file is not yet known to be durable
+(``meta.unsettled_from``); the caller calls ``settle`` once its fsyncs are done, and
+``unindex`` if one failed. After a power loss, ``recover`` re-checks the rows from that id
+on against their files (size and SHA-256), deletes the rows whose file is missing or damaged
+and fsyncs the others, before anything is stored. A caller only reports an instance as
+stored after its fsyncs and its commit, so a row recover deletes was never acknowledged.
 """
 
 from __future__ import annotations
@@ -11,14 +21,17 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from typing import Any, Callable
 
-from peewee import Database
+from peewee import Database, SqliteDatabase
 
-from db.catalogue import HierarchyCache, IndexResult, InstanceRecord, index_batch
+from db.catalogue import (HierarchyCache, IndexResult, InstanceRecord, get_meta, index_batch,
+                          instance_rows_from, set_meta, unindex_rows)
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+UNSETTLED_KEY = "unsettled_from"
 
 
 class CatalogueWriter:
@@ -29,6 +42,18 @@ class CatalogueWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="catalogue-writer", daemon=True)
         self._started = False
+        self._unsettled: set[int] = set()
+        self._unsettled_lock = threading.Lock()
+
+    @property
+    def overlaps_durability(self) -> bool:
+        """Whether callers may commit rows before their files are durable (settle_later).
+
+        Only for SQLite, where this process is the only writer and ``recover`` runs before
+        it stores anything; with PostgreSQL other processes share the rows, so files are
+        made durable first.
+        """
+        return isinstance(self.db, SqliteDatabase)
 
     def start(self) -> "CatalogueWriter":
         if not self._started:
@@ -45,10 +70,61 @@ class CatalogueWriter:
 
     def index(self, record: InstanceRecord, replace: bool = False) -> IndexResult:
         """Queue one row and wait until the transaction holding it is committed."""
+        return self.submit(record, replace).result()
+
+    def submit(self, record: InstanceRecord, replace: bool = False,
+               settle_later: bool = False) -> "Future[IndexResult]":
+        """Queue one row; the future resolves once the transaction holding it is committed.
+
+        With ``settle_later`` the caller's file is not durable yet: the row stays in the
+        unsettled range until ``settle`` (or ``unindex``) is called with its row id.
+        """
         if not self._started:
             raise RuntimeError("the catalogue writer is not running")
+        if settle_later and not self.overlaps_durability:
+            raise ValueError("rows can only be committed before their files with SQLite")
         future: Future[IndexResult] = Future()
-        self._queue.put((record, replace, future))
+        self._queue.put((record, replace, settle_later, future))
+        return future
+
+    def settle(self, row_id: int) -> None:
+        """The file of this row is durable (its fsyncs are done)."""
+        with self._unsettled_lock:
+            self._unsettled.discard(row_id)
+
+    def unindex(self, rows: list[tuple[int, str]]) -> list[bool]:
+        """Delete committed rows (row id, path) whose files did not become durable."""
+        try:
+            return self._call(lambda: unindex_rows(rows))
+        finally:
+            for row_id, _ in rows:
+                self.settle(row_id)
+
+    def recover(self, intact: Callable[[str, int, str], bool]) -> list[tuple[str, str]]:
+        """Check the unsettled rows of an earlier run; returns (SOP Instance UID, path) of
+        the rows deleted because ``intact(path, size, sha256)`` said no."""
+        if not self.overlaps_durability:
+            return []
+        return self._call(lambda: self._recover(intact))
+
+    def _recover(self, intact: Callable[[str, int, str], bool]) -> list[tuple[str, str]]:
+        first = get_meta(UNSETTLED_KEY)
+        if first is None:
+            return []
+        rows = instance_rows_from(int(first))
+        bad = [(row_id, sop_uid, path) for row_id, sop_uid, path, size, sha256 in rows
+               if not intact(path, size, sha256)]
+        if bad:
+            unindex_rows([(row_id, path) for row_id, _, path in bad])
+        set_meta(UNSETTLED_KEY, str(max((row[0] for row in rows), default=int(first) - 1) + 1))
+        return [(sop_uid, path) for _, sop_uid, path in bad]
+
+    def _call(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` in the writer thread inside its own transaction; wait for the commit."""
+        if not self._started:
+            raise RuntimeError("the catalogue writer is not running")
+        future: Future = Future()
+        self._queue.put((work, future))
         return future.result()
 
     def _run(self) -> None:
@@ -57,6 +133,9 @@ class CatalogueWriter:
                 item = self._queue.get()
                 if item is _STOP:
                     return
+                if len(item) == 2:
+                    self._run_call(*item)
+                    continue
                 batch = [item]
                 stop = False
                 while len(batch) < self.max_batch:
@@ -67,24 +146,49 @@ class CatalogueWriter:
                     if more is _STOP:
                         stop = True
                         break
+                    if len(more) == 2:  # keep the order: commit what came before it first
+                        self._commit(batch)
+                        batch = []
+                        self._run_call(*more)
+                        continue
                     batch.append(more)
-                self._commit(batch)
+                if batch:
+                    self._commit(batch)
                 if stop:
                     return
 
-    def _commit(self, batch: list) -> None:
+    def _run_call(self, work: Callable[[], Any], future: Future) -> None:
         try:
             with self.db.atomic():
-                results = index_batch([(r, replace) for r, replace, _ in batch], self.cache)
+                result = work()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller
+            self.cache.clear()
+            future.set_exception(exc)
+            return
+        future.set_result(result)
+
+    def _commit(self, batch: list) -> None:
+        new_rows: list[int] = []
+        try:
+            with self.db.atomic():
+                results = index_batch([(r, replace) for r, replace, _, _ in batch], self.cache)
+                new_rows = [result.row_id for (_, _, later, _), result in zip(batch, results)
+                            if later and result.row_id is not None]
+                if new_rows:
+                    with self._unsettled_lock:
+                        self._unsettled.update(new_rows)
+                        lowest = min(self._unsettled)
+                    set_meta(UNSETTLED_KEY, str(lowest))
         except Exception as exc:  # noqa: BLE001 - isolate the failing row; others still commit
             self.cache.clear()
+            with self._unsettled_lock:
+                self._unsettled.difference_update(new_rows)
             if len(batch) > 1:
                 for item in batch:
                     self._commit([item])
                 return
             log.exception("catalogue write failed for %s", batch[0][0].sop_instance_uid)
-            batch[0][2].set_exception(exc)
+            batch[0][3].set_exception(exc)
             return
-        for (_, _, future), result in zip(batch, results):
+        for (_, _, _, future), result in zip(batch, results):
             future.set_result(result)
-

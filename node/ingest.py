@@ -7,6 +7,7 @@ retrievals all call ``ingest_received`` or ``ingest_part10``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
@@ -16,7 +17,7 @@ from typing import Any, Literal
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from db.catalogue import Indexed, InstanceRecord
+from db.catalogue import Indexed, IndexResult, InstanceRecord
 from db.writer import CatalogueWriter
 from node.dicomfile import (
     _PARSE_ERRORS,
@@ -25,8 +26,8 @@ from node.dicomfile import (
     read_dataset_header,
     read_header,
 )
-from node.errors import DuplicateInstance, IngestError, InvalidDataset
-from node.storage import Storage
+from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
+from node.storage import Placed, Storage
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,12 @@ class Ingestor:
         self.storage = storage
         self.writer = writer
         self.duplicate_policy = duplicate_policy
+        # Rows may be committed while their files are being fsynced (db.writer): after a
+        # power loss, check those against their files before storing anything new.
+        for sop_uid, path in writer.recover(storage.intact):
+            log.warning("instance %s was not stored durably before the last stop "
+                        "(%s missing or incomplete): its row is removed", sop_uid, path)
+            storage.remove(path)
 
     def ingest_received(self, dataset: bytes | Buffer, transfer_syntax: str, sop_class_uid: str,
                         sop_instance_uid: str, source_ae: str | None = None) -> IngestOutcome:
@@ -91,22 +98,90 @@ class Ingestor:
             digest.update(chunk)
             size += len(chunk)
         sha256 = digest.hexdigest()
-        relative = self.storage.relative_path_for(header.sop_instance_uid, sha256)
-        self.storage.write_durably(relative, chunks)
+        relative = self.storage.relative_path_for(header.sop_instance_uid, sha256, header.series_uid)
         record = instance_record(header, relative, size, sha256, source_ae)
-        try:
-            result = self.writer.index(record, replace=self.duplicate_policy == "overwrite")
-        except Exception as exc:  # noqa: BLE001 - the catalogue failed: keep no unreferenced file
-            self.storage.remove(relative)
-            raise IngestError(f"the catalogue could not record the instance: {exc}") from exc
+        replace = self.duplicate_policy == "overwrite"
+        if self.writer.overlaps_durability and not replace:
+            result, created = self._store_overlapped(record, chunks)
+        else:
+            result, created = self._store_in_order(record, chunks, replace)
         if result.superseded_path:
             self.storage.remove(result.superseded_path)
         if result.outcome is Indexed.DUPLICATE:
-            if result.stored_path != relative:
+            if result.stored_path != relative and created:
                 self.storage.remove(relative)
             if self.duplicate_policy == "reject":
                 raise DuplicateInstance(f"SOP Instance {header.sop_instance_uid} is already stored")
         return IngestOutcome(result.outcome.value, header.sop_instance_uid, header.study_uid, header.series_uid)
+
+    def _store_in_order(self, record: InstanceRecord, chunks: tuple[Buffer, ...],
+                        replace: bool) -> tuple[IndexResult, bool]:
+        """File durable (data, then name, then folder), then the row: for PostgreSQL, where
+        other processes read the rows, and for replacements, which delete the old row."""
+        placed = self.storage.place(record.path, chunks, sync_first=True)
+        try:
+            try:
+                self.storage.sync_folder(placed)
+            except OSError as exc:
+                self._discard(placed)
+                raise _durability_error(exc, record.path) from None
+            try:
+                result = self.writer.index(record, replace=replace)
+            except Exception as exc:  # noqa: BLE001 - the catalogue failed: keep no unreferenced file
+                self._discard(placed)
+                raise IngestError(f"the catalogue could not record the instance: {exc}") from exc
+        finally:
+            self.storage.release(placed)
+        return result, placed.created
+
+    def _store_overlapped(self, record: InstanceRecord,
+                          chunks: tuple[Buffer, ...]) -> tuple[IndexResult, bool]:
+        """The file's fsync, its folder's fsync and the catalogue commit at the same time.
+
+        The file gets its final name (fully written) before the row is committed, so a
+        process crash never leaves a row without its file; a power loss before all three
+        are done can, and the writer's start-up ``recover`` deletes such rows (never
+        acknowledged: the caller hears "stored" only after all three).
+        """
+        placed = self.storage.place(record.path, chunks)
+        try:
+            pending = self.writer.submit(record, settle_later=True)
+            folder_synced = self.storage.sync_folder_soon(placed)
+            failure: OSError | None = None
+            try:
+                self.storage.sync_file(placed)
+            except OSError as exc:
+                failure = exc
+            try:
+                folder_synced.result()
+            except OSError as exc:
+                failure = failure or exc
+            try:
+                result = pending.result()
+            except Exception as exc:  # noqa: BLE001 - the catalogue failed: keep no unreferenced file
+                self._discard(placed)
+                raise IngestError(f"the catalogue could not record the instance: {exc}") from exc
+            if failure is not None:
+                if result.row_id is not None:
+                    self.writer.unindex([(result.row_id, record.path)])
+                if result.row_id is not None or result.stored_path != record.path:
+                    self._discard(placed)
+                raise _durability_error(failure, record.path) from None
+            if result.row_id is not None:
+                self.writer.settle(result.row_id)
+        finally:
+            self.storage.release(placed)
+        return result, placed.created
+
+    def _discard(self, placed: Placed) -> None:
+        if placed.created:
+            self.storage.remove(placed.relative)
+
+
+def _durability_error(exc: OSError, relative: str) -> IngestError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left to store {relative}")
+    return IngestError(f"could not store {relative} durably: {exc}")
 
 
 def instance_record(header: InstanceHeader, relative: str, size: int, sha256: str,

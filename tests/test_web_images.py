@@ -302,3 +302,29 @@ def test_deflated_files_have_their_frames_decoded(web):
     assert response.status_code == 200
     assert response.headers["content-type"].endswith("transfer-syntax=1.2.840.10008.1.2.1")
     assert response.content == raw[128:]
+
+
+def test_a_replaced_instance_is_served_from_its_new_file(make_settings):
+    from tests.web_support import build_world
+
+    for world in build_world(make_settings, dicom={"duplicate_policy": "overwrite"}):
+        ds = make_dataset()
+        world.ingest(ds)
+        url = f"/api/pacs/instances/{ds.SOPInstanceUID}/frames/1"
+        first = world.get(url)
+        ds.PixelData = bytes(len(ds.PixelData))
+        world.ingest(ds)
+        second = world.get(url)
+        assert second.status_code == 200 and second.content == ds.PixelData
+        assert second.headers["etag"] != first.headers["etag"]
+
+
+def test_large_files_are_streamed_with_range_support(web, monkeypatch):
+    monkeypatch.setattr("web.instances.SMALL_FILE", 0)
+    ds = make_dataset()
+    web.ingest(ds)
+    url = f"/api/pacs/instances/{ds.SOPInstanceUID}/file"
+    stored = _stored_path(web, ds.SOPInstanceUID).read_bytes()
+    assert web.get(url).content == stored
+    part = web.get(url, headers={"Range": "bytes=128-131"})
+    assert part.status_code == 206 and part.content == b"DICM"

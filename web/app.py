@@ -21,6 +21,7 @@ from node.tokens import TokenService, load_or_create_secret
 from web import instances, listings, ops, tokens
 from web.context import NodeStatus, WebContext
 from web.errors import EXCEPTION_HANDLERS, from_auth_error
+from web.instance_cache import InstanceCache
 from web.limits import BodyLimitMiddleware, TokenBucket, UserLimitsMiddleware
 from web.openapi import openapi_document
 from web.security import BearerBackend, LoginThrottle
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
                                      settings.auth.failed_login_window_seconds, **throttle_args),
         node_status=node_status,
         metrics=metrics,
+        instances=InstanceCache(settings.data_dir),
     )
     web = settings.web
     middleware = [

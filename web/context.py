@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.requests import Request
 
 from node.config import Settings
 from node.tokens import TokenService
+from web.instance_cache import InstanceCache
 from web.security import LoginThrottle
 
 
@@ -32,6 +33,8 @@ class WebContext:
     login_throttle: LoginThrottle
     node_status: NodeStatus | None
     metrics: object  # web.ops.Metrics; typed loosely to keep this module free of prometheus
+    instances: InstanceCache
+    ingestor: Any = None  # node.ingest.Ingestor: the one ingest path, for uploads (None: read-only)
 
     @property
     def data_dir(self) -> Path:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.authentication import requires
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from db import accounts, lookups
+from db import accounts
 from db.lookups import InstancePixels
 from db.models import database
 from node.frames import (
@@ -20,6 +21,7 @@ from node.frames import (
     frame_array,
     frame_media_type,
     read_frame,
+    stored_frame,
 )
 from node.render import FORMATS, RenderError, encode_picture, parse_window, render_frame
 from web.caching import cache_headers, etag_for, immutable_response, is_fresh, not_modified
@@ -29,20 +31,29 @@ from web.params import client_address, int_param, uid_param
 from web.thumbnails import thumbnail_bytes
 
 MAX_RENDER_SIZE = 4096
+SMALL_FILE = 8 << 20  # bytes: files up to this size are sent from memory
 
 
 def _instance(request: Request) -> tuple[InstancePixels, Path]:
-    """The instance named in the path and its file; the UID is checked before any look-up."""
+    """The instance named in the path and its file (in a worker thread); the UID is checked
+    before any look-up."""
     sop_uid = uid_param(request, "sop_uid")
-    with database.connection_context():
-        inst = lookups.instance_pixels(sop_uid)
-    if inst is None:
+    cache = context_of(request).instances
+    found = cache.get(sop_uid) or cache.load(sop_uid)
+    if found is None:
         raise NotFound(f"no instance {sop_uid}")
-    data_dir = context_of(request).data_dir.resolve()
-    path = (data_dir / inst.path).resolve()
-    if not path.is_relative_to(data_dir):  # a catalogue row must never lead out of data_dir
+    return found
+
+
+async def _instance_async(request: Request) -> tuple[InstancePixels, Path]:
+    """As ``_instance`` on the event loop: the catalogue is asked in a worker thread, and only
+    when the instance is not remembered."""
+    sop_uid = uid_param(request, "sop_uid")
+    cache = context_of(request).instances
+    found = cache.get(sop_uid) or await run_in_threadpool(cache.load, sop_uid)
+    if found is None:
         raise NotFound(f"no instance {sop_uid}")
-    return inst, path
+    return found
 
 
 def _frame_number(request: Request, inst: InstancePixels) -> int:
@@ -56,9 +67,9 @@ def _frame_number(request: Request, inst: InstancePixels) -> int:
 
 
 @requires(["authenticated", "read"])
-def instance_metadata(request: Request) -> JSONResponse:
+async def instance_metadata(request: Request) -> JSONResponse:
     """What a viewer needs to turn raw frames into pixels on screen."""
-    inst, _ = _instance(request)
+    inst, _ = await _instance_async(request)
     return JSONResponse({
         "instanceUid": inst.sop_instance_uid,
         "sopClassUid": inst.sop_class_uid,
@@ -85,24 +96,35 @@ def instance_metadata(request: Request) -> JSONResponse:
 
 
 @requires(["authenticated", "read"])
-def frame(request: Request) -> Response:
-    """Frame bytes as stored (``?decode=1``: decoded to little endian pixels)."""
-    inst, path = _instance(request)
+async def frame(request: Request) -> Response:
+    """Frame bytes as stored (``?decode=1``: decoded to little endian pixels).
+
+    Runs on the event loop: a stored frame is one ``pread`` from the page cache, cheaper
+    than handing the request to a worker thread; decoding goes to a worker thread.
+    """
+    inst, path = await _instance_async(request)
     n = _frame_number(request, inst)
     decode = request.query_params.get("decode", "0") not in ("0", "", "false")
     etag = etag_for(inst.sha256, "f", n, "d" if decode else "s")
     if is_fresh(request, etag):
         return not_modified(etag)
     try:
-        if decode:
-            body, syntax = decoded_frame_bytes(path, inst, n), EXPLICIT_LE
-        else:
-            body, syntax = read_frame(path, inst, n)
+        body, syntax = await _frame_bytes(path, inst, n, decode)
+    except FileNotFoundError:
+        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
     except CannotDecode as exc:
         raise UnsupportedMedia(str(exc)) from None
     except FrameError as exc:
         raise NotFound(str(exc)) from None
     return Response(body, media_type=frame_media_type(syntax), headers=cache_headers(etag))
+
+
+async def _frame_bytes(path: Path, inst: InstancePixels, n: int, decode: bool) -> tuple[bytes, str]:
+    if decode:
+        return await run_in_threadpool(decoded_frame_bytes, path, inst, n), EXPLICIT_LE
+    if stored_frame(inst):
+        return read_frame(path, inst, n)
+    return await run_in_threadpool(read_frame, path, inst, n)
 
 
 @requires(["authenticated", "read"])
@@ -161,7 +183,14 @@ def instance_file(request: Request) -> Response:
     etag = etag_for(inst.sha256)
     if is_fresh(request, etag):
         return not_modified(etag)
-    if not path.is_file():
-        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage")
-    return FileResponse(path, media_type="application/dicom", headers=cache_headers(etag),
-                        filename=f"{inst.sop_instance_uid}.dcm")
+    headers = {**cache_headers(etag),
+               "Content-Disposition": f'attachment; filename="{inst.sop_instance_uid}.dcm"'}
+    if inst.size > SMALL_FILE:  # streamed in chunks (and Range requests are honoured)
+        if not path.is_file():
+            raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage")
+        return FileResponse(path, media_type="application/dicom", headers=headers)
+    try:  # one read in this worker thread beats a thread hop per 64 KiB chunk
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
+    return Response(body, media_type="application/dicom", headers=headers)

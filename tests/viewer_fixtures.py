@@ -9,18 +9,22 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tests.helpers import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, dcmtk_env, storescu_args
+from tests.helpers import (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, REPO, dcmtk_env, free_port, node_process,
+                           run_cli, storescu_args, write_config)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PASSWORD = "correct horse battery staple"
+ARTIFACTS = REPO / "test-artifacts"
 
 
 @dataclass(frozen=True)
@@ -165,9 +169,11 @@ def http_json(url: str, body: dict | None = None, token: str | None = None, meth
         return exc.code, json.loads(payload or b"{}")
 
 
-def wait_for_http(url: str, timeout: float = 20) -> None:
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -181,3 +187,93 @@ def wait_for_http(url: str, timeout: float = 20) -> None:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium")
+
+
+class InFlight:
+    """Counts the page's API requests (not the token endpoints) and the most at once."""
+
+    def __init__(self, context, prefix: str = "/api/pacs/") -> None:
+        self.prefix = prefix
+        self.now = 0
+        self.peak = 0
+        self.urls: list[str] = []
+        self._open: set[int] = set()
+        context.on("request", self._started)
+        context.on("requestfinished", self._ended)
+        context.on("requestfailed", self._ended)
+
+    def _ours(self, request) -> bool:
+        return self.prefix in request.url
+
+    def _started(self, request) -> None:
+        if self._ours(request):
+            self._open.add(id(request))
+            self.urls.append(request.url)
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def _ended(self, request) -> None:
+        if id(request) in self._open:
+            self._open.discard(id(request))
+            self.now -= 1
+
+    def count(self, fragment: str) -> int:
+        return sum(1 for url in self.urls if fragment in url)
+
+    def reset(self) -> None:
+        self.urls.clear()
+        self.peak = self.now
+
+
+@dataclass
+class RunningNode:
+    config: Path
+    dimse_port: int
+    base_url: str
+
+    def token(self, user: str) -> str:
+        status, body = http_json(self.base_url + "api/token/", {"username": user, "password": PASSWORD})
+        assert status == 200, body
+        return body["access"]
+
+
+@contextmanager
+def viewer_node(folder: Path, *, web: str = "", users: tuple[tuple[str, str], ...] = (
+        ("admin", "admin"), ("reader", "viewer"), ("sender", "uploader"))) -> Iterator[RunningNode]:
+    """``python -m node serve`` with its HTTP API on a free port, and the given users."""
+    dimse, http = free_port(), free_port()
+    config = write_config(folder, port=dimse,
+                          extra=f'[web]\nhost = "127.0.0.1"\nport = {http}\n{web}\n')
+    for name, role in users:
+        add_user(run_cli, config, name, role)
+    with node_process(config, dimse) as proc:
+        base = f"http://127.0.0.1:{http}/"
+        wait_for_http(base + "healthz", proc)
+        yield RunningNode(config, dimse, base)
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, timeout=30000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sign_in(page, base_url: str, user: str, password: str = PASSWORD) -> None:
+    page.goto(base_url)
+    page.get_by_test_id("username").fill(user)
+    page.get_by_test_id("password").fill(password)
+    page.get_by_test_id("sign-in").click()
+    page.get_by_test_id("user-name").wait_for(timeout=10000)
+
+
+def screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path

@@ -21,6 +21,20 @@ export class ApiError extends Error {
 
 export class SessionEnded extends Error {}
 
+/** A finished response: status, headers and the whole body, already read. */
+export class Reply {
+  constructor(response, bytes) {
+    this.status = response.status;
+    this.ok = response.ok;
+    this.headers = response.headers;
+    this.bytes = bytes;
+  }
+
+  arrayBuffer() { return this.bytes; }
+
+  json() { return this.bytes && this.bytes.byteLength ? JSON.parse(new TextDecoder().decode(this.bytes)) : null; }
+}
+
 function decodeClaims(jwt) {
   try {
     const part = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
@@ -137,7 +151,7 @@ export class Api {
   /**
    * One API request: waits for a slot, sends, and handles what a viewer must survive:
    * 401 (one shared refresh, then again), 429 (the whole page waits Retry-After), network
-   * errors and 5xx (exponential backoff with jitter). Resolves with the Response (2xx or 304).
+   * errors and 5xx (exponential backoff with jitter). Resolves with a Reply (2xx or 304).
    */
   async request(path, { method = 'GET', headers = {}, body, priority = 0, signal, retries = 5 } = {}) {
     let authRetried = false;
@@ -147,16 +161,20 @@ export class Api {
         if (!this.access) throw new SessionEnded('Please sign in.');
       }
       const release = await this.limiter.acquire(priority, signal);
-      let response;
+      let response = null;
+      let problem = null;
       try {
         this.stats.requests += 1;
         response = await fetch(path, {
           method, body, signal, cache: 'no-store',
           headers: { ...headers, Authorization: `Bearer ${this.access}` },
         });
+        // Bodies are read inside the slot: the server counts a request until its last byte.
         if (response.ok || response.status === 304) {
-          return response;
+          const bytes = response.status === 304 || method === 'HEAD' ? null : await response.arrayBuffer();
+          return new Reply(response, bytes);
         }
+        problem = method === 'HEAD' ? { title: response.statusText, detail: '' } : await problemOf(response);
       } catch (err) {
         if (signal?.aborted) throw err;
         response = null;
@@ -169,11 +187,11 @@ export class Api {
         attempt -= 1;
         continue;
       }
-      if (response && response.status === 429) {
+      if (response && response.status === 429 && attempt < retries + 5) {
         const after = parseFloat(response.headers.get('Retry-After')) || 1;
         this.stats.throttled += 1;
         this.limiter.pauseFor(after);
-        if (attempt < retries + 5) continue;
+        continue;
       }
       const transient = !response || response.status >= 500;
       if (transient && attempt < retries) {
@@ -183,8 +201,9 @@ export class Api {
         continue;
       }
       if (!response) throw new ApiError(0, 'Network error', `The server cannot be reached (${path}).`, path);
-      const p = await problemOf(response);
-      throw new ApiError(response.status, p.title, p.detail, path);
+      const error = new ApiError(response.status, problem.title, problem.detail, path);
+      error.headers = response.headers;
+      throw error;
     }
   }
 
@@ -192,7 +211,7 @@ export class Api {
     const response = await this.request(path, {
       ...options, headers: { Accept: 'application/json', ...(options.headers || {}) },
     });
-    return response.status === 204 ? null : response.json();
+    return response.json();
   }
 
   async send(path, method, payload, options = {}) {

@@ -162,4 +162,54 @@ class AuditEntry(BaseModel):
     address = CharField(max_length=64, null=True)
 
 
-ALL_MODELS = [Meta, Patient, Study, Series, Instance, User, RefreshToken, AuditEntry]
+class RetrieveJob(BaseModel):
+    """A bounded bulk retrieval from a remote, run by the serving node and resumed after a
+    restart; ``owner``/``lease_until`` say which process runs it (scu.jobs)."""
+
+    id = AutoField()
+    remote = CharField(max_length=16)
+    method = CharField(max_length=8)  # "move" | "get"
+    selection = TextField()  # JSON [[keyword, value], ...]: what to fetch, as C-FIND keys
+    priority = TextField(default="[]")  # JSON [SeriesInstanceUID, ...] fetched first
+    state = CharField(max_length=16, index=True)  # queued | running | completed | failed | cancelled
+    cancel_requested = IntegerField(default=0)
+    planned = IntegerField(default=0)  # the series list below is complete
+    owner = CharField(max_length=128, null=True)
+    lease_until = DateTimeField(null=True)
+    attempts = IntegerField(default=0)  # of the C-FIND planning
+    next_attempt_at = DateTimeField(null=True)
+    last_error = TextField(null=True)
+    created_at = DateTimeField()
+    started_at = DateTimeField(null=True)
+    finished_at = DateTimeField(null=True)
+    updated_at = DateTimeField()
+
+
+class RetrieveSeries(BaseModel):
+    """One series of a retrieval job: what the remote said it holds and what arrived."""
+
+    id = AutoField()
+    job = ForeignKeyField(RetrieveJob, backref="series", index=True, on_delete="CASCADE")
+    rank = IntegerField()  # fetch order: priority series first, then as the remote listed them
+    study_uid = CharField(max_length=64)
+    series_uid = CharField(max_length=64)
+    modality = CharField(max_length=16, null=True)
+    series_number = IntegerField(null=True)
+    instance_uids = TextField(null=True)  # JSON list; null when the remote refused IMAGE level
+    expected = IntegerField(default=0)
+    received = IntegerField(default=0)
+    failed = IntegerField(default=0)
+    attempts = IntegerField(default=0)
+    state = CharField(max_length=16, index=True)  # pending | done | failed
+    last_error = TextField(null=True)
+    next_attempt_at = DateTimeField(null=True)
+    updated_at = DateTimeField()
+
+    class Meta:
+        indexes = ((("job", "series_uid"), True),)
+
+
+ALL_MODELS = [Meta, Patient, Study, Series, Instance, User, RefreshToken, AuditEntry, RetrieveJob,
+              RetrieveSeries]
+
+from db import uploads as _uploads  # noqa: E402,F401 - upload sessions add their tables to ALL_MODELS

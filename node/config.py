@@ -49,6 +49,17 @@ class WebSettings:
     max_bulk_count: int = 500
     max_list_limit: int = 1000
     thumbnail_size: int = 128
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser (CORS)
+
+
+@dataclass(frozen=True)
+class DicomwebSettings:
+    """DICOMweb (PS3.18) under ``root``: QIDO-RS, WADO-RS, STOW-RS and WADO-URI."""
+
+    root: str = "/dicom-web"
+    anonymous_read: bool = False  # reads without a bearer token (STOW always needs one)
+    max_stow_bytes: int = 2147483648  # one STOW-RS request body, streamed to disk
+    max_results: int = 10000  # QIDO-RS answers at most this many matches a request
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,31 @@ class RemoteSettings:
     port: int
 
 
+RETRIEVE_METHODS = ("move", "get")
+
+
+@dataclass(frozen=True)
+class RetrieveSettings:
+    """Bulk retrieval jobs (scu.retrieve): how, how many associations, how many tries."""
+
+    method: str = "move"  # C-MOVE to this node's own AE, or C-GET
+    max_associations: int = 3  # concurrent associations per node, 1 to 5
+    max_attempts: int = 5  # per series, and for the C-FIND planning
+    retry_delay: float = 2.0  # seconds before the 2nd attempt; doubles, with jitter
+    max_retry_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """Upload sessions over HTTP (web.uploads): caps, how long an unfinished upload is kept."""
+
+    max_size: int = 4294967296  # bytes of one uploaded file (advertised as Tus-Max-Size)
+    max_chunk_bytes: int = 16777216  # bytes of one PATCH body; a larger one is refused (413)
+    expire_after_seconds: int = 86400  # an unfinished upload idle this long is EXPIRED, its bytes freed
+    max_retries: int = 5  # POST .../retry on a FAILED session, at most this many times
+    sweep_interval_seconds: float = 60.0  # how often the serving node looks for abandoned uploads
+
+
 @dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -81,6 +117,9 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     remotes: dict[str, RemoteSettings] = field(default_factory=dict)
+    uploads: UploadSettings = field(default_factory=UploadSettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     source: Path | None = None
 
     @property
@@ -213,12 +252,24 @@ def _check_values(s: Settings) -> None:
     _check_port(s.dicom.port, "dicom.port")
     _check_port(s.web.port, "web.port")
     _check_web_auth(s)
+    _check_uploads(s.uploads)
+    _check_dicomweb(s.dicomweb)
     for name, remote in s.remotes.items():
         _check_port(remote.port, f"remotes.{name}.port")
     for i, caller in enumerate(s.dicom.allowed_callers):
         _check_ae_title(caller, f"dicom.allowed_callers[{i}]")
     if s.dicom.max_associations < 1:
         raise ConfigError("dicom.max_associations: expected at least 1")
+    if s.retrieve.method not in RETRIEVE_METHODS:
+        raise ConfigError(f"retrieve.method: expected one of {', '.join(RETRIEVE_METHODS)}, "
+                          f"got {s.retrieve.method!r}")
+    if not 1 <= s.retrieve.max_associations <= 5:
+        raise ConfigError("retrieve.max_associations: expected 1 to 5 (remote archives limit "
+                          f"associations per caller), got {s.retrieve.max_associations}")
+    if s.retrieve.max_attempts < 1:
+        raise ConfigError("retrieve.max_attempts: expected at least 1")
+    if s.retrieve.retry_delay < 0 or s.retrieve.max_retry_delay < s.retrieve.retry_delay:
+        raise ConfigError("retrieve.retry_delay: expected 0 <= retry_delay <= max_retry_delay")
     if s.dicom.max_find_results < 1:
         raise ConfigError("dicom.max_find_results: expected at least 1")
     if s.dicom.duplicate_policy not in DUPLICATE_POLICIES:
@@ -229,6 +280,22 @@ def _check_values(s: Settings) -> None:
     url = s.database.url
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         raise ConfigError(f"database.url: expected empty, postgresql://... or sqlite:///..., got {url!r}")
+
+
+def _check_dicomweb(d: DicomwebSettings) -> None:
+    root = d.root.rstrip("/")
+    if not d.root.startswith("/") or not root or root.split("/")[1] in ("api", "healthz", "metrics") \
+            or not all(c.isalnum() or c in "/-_." for c in root):
+        raise ConfigError(f"dicomweb.root: expected a path such as '/dicom-web' (letters, digits, "
+                          f"'-', '_', '.'; not under /api), got {d.root!r}")
+    if d.max_stow_bytes < 1 or d.max_results < 1:
+        raise ConfigError("dicomweb.max_stow_bytes and dicomweb.max_results: expected at least 1")
+
+
+def _check_uploads(u: UploadSettings) -> None:
+    for f in dataclasses.fields(u):
+        if getattr(u, f.name) <= 0:
+            raise ConfigError(f"uploads.{f.name}: expected a positive number, got {getattr(u, f.name)}")
 
 
 def _check_web_auth(s: Settings) -> None:

@@ -46,6 +46,7 @@ class Node:
         self.ingestor: Ingestor | None = None
         self.ae: Any = None
         self.server: Any = None
+        self.retrieval: Any = None  # scu.runner.RetrieveRunner: retrieval jobs from the catalogue
 
     def open_store(self, clean_temp: bool = True) -> Ingestor:
         """Storage and catalogue without the network (import, reindex use this).
@@ -80,6 +81,9 @@ class Node:
             install_fast_path(self.server, self.storage.temp)
             pass_encoded_identifiers_through()
         log.info("%s listening for DIMSE on %s:%d", self.settings.node.ae_title, *self.dimse_address)
+        from scu.runner import RetrieveRunner
+
+        self.retrieval = RetrieveRunner(self.settings, ingestor, self.dimse_address[1]).start()
         if self.web:
             from web.server import WebServer
 
@@ -98,6 +102,9 @@ class Node:
     def stop(self, grace: float = 10.0) -> None:
         """Close the listener, let running associations finish (abort after ``grace`` s),
         then commit what is queued."""
+        if self.retrieval is not None:  # first: its C-MOVEs still need the listener to finish
+            self.retrieval.stop(grace)
+            self.retrieval = None
         if self.web_server is not None:
             self.web_server.stop()
             self.web_server = None

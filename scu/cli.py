@@ -35,6 +35,26 @@ def add_commands(sub: Any) -> None:
     query.add_argument("--json", action="store_true")
     query.set_defaults(run=_query)
 
+    retrieve = sub.add_parser("retrieve", help="fetch from a remote: a job the serving node runs")
+    retrieve.add_argument("--from", dest="remote", required=True, metavar="AE")
+    what = retrieve.add_mutually_exclusive_group(required=True)
+    what.add_argument("--study", action="append", metavar="UID", help="Study Instance UID (repeatable)")
+    what.add_argument("--patient", metavar="ID", help="every study of this Patient ID")
+    what.add_argument("-k", "--key", action="append", metavar="KEY=VALUE",
+                      help="C-FIND keys selecting the studies, e.g. -k StudyDate=20240101-")
+    retrieve.add_argument("--priority", action="append", default=[], metavar="SERIES_UID",
+                          help="fetch this series first (repeatable)")
+    retrieve.add_argument("--method", choices=["move", "get"], help="default: [retrieve] method")
+    retrieve.add_argument("--no-wait", action="store_true", help="queue the job and return")
+    retrieve.add_argument("--no-progress", action="store_true")
+    retrieve.set_defaults(run=_retrieve)
+
+    jobs = sub.add_parser("jobs", help="list retrieval jobs; jobs show ID; jobs cancel ID")
+    jobs.add_argument("action", nargs="?", default="list", choices=["list", "show", "cancel"])
+    jobs.add_argument("id", nargs="?", type=int)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(run=_jobs)
+
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
@@ -135,3 +155,126 @@ def _quiet_pynetdicom(args: argparse.Namespace) -> None:
 
     if not args.verbose:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _catalogue(settings: Settings):  # noqa: ANN202 - a peewee Database
+    from db.catalogue import open_database
+
+    return open_database(settings.database.url, settings.data_dir)
+
+
+def _retrieve(settings: Settings, args: argparse.Namespace) -> int:
+    from scu.association import remote_named
+    from scu.errors import ScuError
+    from scu.find import parse_key
+    from scu.jobs import create_job
+
+    try:
+        remote = remote_named(settings, args.remote)
+        if args.study:
+            selection = [("StudyInstanceUID", "\\".join(args.study))]
+        elif args.patient:
+            selection = [("PatientID", args.patient)]
+        else:
+            selection = [parse_key(k) for k in args.key]
+    except (ValueError, ScuError) as exc:
+        return _fail(str(exc))
+    method = args.method or settings.retrieve.method
+    db = _catalogue(settings)
+    with db.connection_context():
+        job_id = create_job(remote.ae_title, method, selection, args.priority)
+    print(f"retrieval job {job_id}: C-{method.upper()} from {remote.ae_title}, "
+          + " ".join(f"{k}={v}" for k, v in selection))
+    if args.no_wait:
+        return 0
+    return _follow(db, job_id, not args.no_progress and sys.stderr.isatty())
+
+
+def _follow(db, job_id: int, show_progress: bool) -> int:  # noqa: ANN001
+    """Follow the job from the catalogue until it ends; the serving node runs it."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from scu.jobs import get_job
+
+    started = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not show_progress) as progress:
+        task = progress.add_task("waiting for the serving node", total=None)
+        while True:
+            with db.connection_context():
+                view = get_job(job_id)
+            assert view is not None
+            if view.finished:
+                break
+            if view.state == "queued" and time.monotonic() - started > 5 and not _owned(db, job_id):
+                print(f"no serving node has taken job {job_id} (is `python -m node serve` running?); "
+                      "it starts when one does. Follow it with `python -m node jobs show "
+                      f"{job_id}`.", file=sys.stderr)
+                return 0
+            if view.planned:
+                progress.update(task, description=f"{view.remote}: {view.series_done}/{view.series} series",
+                                total=view.expected, completed=view.received)
+            elif view.state == "queued":
+                progress.update(task, description=f"querying {view.remote}")
+            time.sleep(0.3)
+    _print_summary(view, time.monotonic() - started)
+    return 0 if view.state == "completed" else 1
+
+
+def _owned(db, job_id: int) -> bool:  # noqa: ANN001
+    from db.models import RetrieveJob
+
+    with db.connection_context():
+        return RetrieveJob.get_by_id(job_id).owner is not None
+
+
+def _print_summary(view, seconds: float | None = None) -> None:  # noqa: ANN001 - scu.jobs.JobView
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    print(f"job {view.id} {view.state}{took}: {view.received} of {view.expected} instances, "
+          f"{view.series_done} of {view.series} series from {view.remote} (C-{view.method.upper()})")
+    if view.failed or view.series_failed:
+        print(f"failed: {view.series_failed} series, {view.failed} sub-operations")
+    if view.last_error and view.state != "completed":
+        print(f"last error: {view.last_error}")
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from scu.jobs import get_job, list_jobs, request_cancel, series_rows
+
+    db = _catalogue(settings)
+    with db.connection_context():
+        if args.action == "list":
+            views = list_jobs()
+            if args.json:
+                print(json.dumps([v.as_json() for v in views], indent=1))
+                return 0
+            columns = ["id", "state", "remote", "method", "selection", "series", "instances",
+                       "failed", "attempts", "updated", "last error"]
+            rows = [{"id": str(v.id), "state": v.state, "remote": v.remote, "method": v.method,
+                     "selection": " ".join(f"{k}={val}" for k, val in v.selection),
+                     "series": f"{v.series_done}/{v.series}", "instances": f"{v.received}/{v.expected}",
+                     "failed": str(v.failed), "attempts": str(v.attempts), "updated": v.updated_at,
+                     "last error": (v.last_error or "")[:80]} for v in views]
+            _print_table(rows, columns, f"{len(views)} retrieval job(s)")
+            return 0
+        if args.id is None:
+            return _fail(f"jobs {args.action} needs a job ID")
+        view = request_cancel(args.id) if args.action == "cancel" else get_job(args.id)
+        if view is None:
+            return _fail(f"no retrieval job {args.id}", 1)
+        series = series_rows(args.id)
+    if args.json:
+        print(json.dumps({**view.as_json(), "series_detail": series}, indent=1, default=str))
+        return 0
+    if args.action == "cancel":
+        print(f"job {view.id}: {view.state}" + (" (cancel requested; it stops after the current "
+                                                 "sub-operation)" if not view.finished else ""))
+        return 0
+    _print_summary(view)
+    columns = ["rank", "series_uid", "modality", "state", "expected", "received", "failed",
+               "attempts", "last_error"]
+    _print_table([{c: "" if r[c] is None else str(r[c]) for c in columns} for r in series], columns,
+                 f"job {view.id} series")
+    return 0

@@ -109,8 +109,9 @@ def find_on(assoc: Association, root: str, identifier: Dataset) -> Iterator[Data
         if status is None:
             raise AssociationFailed("the C-FIND got no answer (association lost or timed out)")
         if status in (0xFF00, 0xFF01):
-            if answer is not None:
-                yield answer
+            if answer is None:  # pynetdicom could not decode it
+                raise RemoteStatusError(status, "a C-FIND answer could not be decoded")
+            yield answer
         elif status == 0x0000:
             return
         elif status == 0xFE00:

@@ -427,26 +427,30 @@ def test_sigterm_closes_listener_and_lets_associations_finish(tmp_path: Path) ->
     port = free_port()
     config = write_node_config(site, port=port)
     files = [write_dataset(make_dataset(instance_number=i + 1), tmp_path / "in" / f"{i:04d}.dcm")
-             for i in range(150)]
+             for i in range(80)]
     with serving(config, port) as (node, log):
         idle = held_association(port)
         storescu = subprocess.Popen(storescu_args(port) + [str(f) for f in files], env=dcmtk_env(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        output = LineCollector(storescu.stderr)
+
+        def context() -> str:
+            return "node:\n" + "\n".join(log.lines[-30:]) + "\nstorescu:\n" + "\n".join(output.lines[-10:])
+
         try:
-            output = LineCollector(storescu.stderr)
-            assert output.wait_for(lambda lines: len(successful_files(lines)) >= 20, timeout=30)
+            assert output.wait_for(lambda lines: len(successful_files(lines)) >= 10, timeout=30), context()
             node.send_signal(signal.SIGTERM)
-            assert wait_until(lambda: port_refuses(port), timeout=10), "the listener is still open"
-            assert storescu.wait(timeout=60) == 0
-            assert len(successful_files(output.finish(timeout=10))) == len(files)
+            assert wait_until(lambda: port_refuses(port), timeout=10), "the listener is still open\n" + context()
+            assert storescu.wait(timeout=60) == 0, context()
+            assert len(successful_files(output.finish(timeout=10))) == len(files), context()
         finally:
             if storescu.poll() is None:
                 storescu.kill()
                 storescu.wait(timeout=10)
-        assert node.poll() is None  # still serving the idle association
+        assert node.poll() is None, context()  # still serving the idle association
         assert idle.send_c_echo().Status == 0x0000
         idle.release()
-        assert node.wait(timeout=30) == 0, "\n".join(log.lines)
+        assert node.wait(timeout=30) == 0, context()
     text = "\n".join(log.lines)
     assert "received SIGTERM, stopping" in text and "stopped" in text
     data = site / "data"

@@ -46,14 +46,20 @@ class OrthancArchive:
         with urllib.request.urlopen(request, timeout=30):
             pass
 
+    def remove_modality(self, ae_title: str) -> None:
+        request = urllib.request.Request(f"{self.peer.base_url}/modalities/{ae_title}", method="DELETE")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+
     def remotes(self) -> dict:
         return {self.ae_title: {"host": "127.0.0.1", "port": self.port}}
 
 
 def orthanc_archive(folder: Path) -> Iterator[OrthancArchive]:
-    """Orthanc answers only AE titles it knows (DicomModalities): PACSNODE is known from the
-    start; a C-MOVE test sets its port with ``add_modality``."""
-    with start_orthanc(folder, ae_title="ORTHANC", timeout=30) as peer:
+    """Orthanc answering any caller; a C-MOVE destination must still be one of its
+    DicomModalities: PACSNODE is known from the start, a test sets its port (``add_modality``)."""
+    allow_any = {"DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True, "DicomAlwaysAllowGet": True}
+    with start_orthanc(folder, ae_title="ORTHANC", timeout=30, extra_config=allow_any) as peer:
         archive = OrthancArchive(peer)
         archive.add_modality("PACSNODE", 104)
         yield archive

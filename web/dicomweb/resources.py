@@ -1,0 +1,84 @@
+"""The study, series and instance a WADO-RS path names (PS3.18 10.4.1), and their URLs.
+
+UIDs are checked before any look-up (400), then the catalogue is asked in the calling
+thread; a path naming nothing stored, or an instance under another series or study than
+the path says, is a 404. Files are resolved inside ``data_dir`` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+
+from db import dicomweb_lookups, lookups
+from db.dicomweb_lookups import InstanceFile
+from db.lookups import InstancePixels
+from db.models import database
+from web.context import context_of
+from web.errors import NotFound
+from web.params import uid_param
+
+
+def service_url(request: Request) -> str:
+    """The DICOMweb root as the client reached it (scheme, host and port of the request)."""
+    root = context_of(request).settings.dicomweb.root.rstrip("/")
+    return str(request.base_url).rstrip("/") + root
+
+
+def study_path(study: str) -> str:
+    return f"studies/{study}"
+
+
+def series_path(study: str, series: str) -> str:
+    return f"studies/{study}/series/{series}"
+
+
+def instance_path(study: str, series: str, sop: str) -> str:
+    return f"studies/{study}/series/{series}/instances/{sop}"
+
+
+def path_uids(request: Request) -> tuple[str, str | None, str | None]:
+    """Study, series and instance UIDs of the path (the ones it has), each checked."""
+    params = request.path_params
+    study = uid_param(request, "study")
+    series = uid_param(request, "series") if "series" in params else None
+    sop = uid_param(request, "sop") if "sop" in params else None
+    return study, series, sop
+
+
+def named_files(request: Request) -> list[InstanceFile]:
+    """Every stored instance the path names, in viewing order; 404 when there is none."""
+    study, series, sop = path_uids(request)
+    with database.connection_context():
+        files = dicomweb_lookups.instance_files(study, series, sop)
+    if not files:
+        what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
+        raise NotFound(f"no {what} is stored under this path")
+    return files
+
+
+def absolute(request: Request, relative: str) -> Path:
+    data_dir = context_of(request).data_dir.resolve()
+    path = (data_dir / relative).resolve()
+    if not path.is_relative_to(data_dir):  # a catalogue row must never lead out of data_dir
+        raise NotFound("the stored file is not available")
+    return path
+
+
+def named_instance(request: Request) -> tuple[InstancePixels, Path]:
+    """The one instance the path names, with its pixel layout, checked against the path."""
+    study, series, sop = path_uids(request)
+    assert sop is not None
+    with database.connection_context():
+        inst = lookups.instance_pixels(sop)
+    if inst is None or inst.study_uid != study or (series is not None and inst.series_uid != series):
+        raise NotFound(f"no instance {sop} is stored under this path")
+    return inst, absolute(request, inst.path)
+
+
+def pixel_vr(inst: InstancePixels) -> str | None:
+    """The VR Pixel Data has in the JSON model: OB for encapsulated or byte pixels, else OW."""
+    if not inst.has_pixels:
+        return None
+    return "OB" if inst.encapsulated or (inst.bits_allocated or 16) <= 8 else "OW"

@@ -1,0 +1,112 @@
+"""WADO-RS retrieval of instances and of their metadata (PS3.18 10.4), study, series and
+instance level.
+
+Instances go out as ``multipart/related; type="application/dicom"``, one part per instance,
+each streamed from its stored file a chunk at a time (converted only when the client asks
+for another transfer syntax than the stored one, one instance at a time). Metadata is the
+JSON of every instance, read from the per-instance cache (built from the file on first
+use), so a 250-instance series costs 250 small file reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from db import lookups
+from db.dicomweb_lookups import InstanceFile
+from db.models import database
+from web.context import context_of
+from web.dicomweb import dicomjson
+from web.dicomweb.accept import DICOM, DICOM_JSON, accepted, dicom_range, require_json
+from web.dicomweb.access import audit, require_read
+from web.dicomweb.errors import NotAcceptable
+from web.dicomweb.multipart import multipart_body, multipart_type, new_boundary
+from web.dicomweb.resources import absolute, instance_path, named_files, pixel_vr, service_url
+from web.dicomweb.transcode import instance_chunks, instance_target
+from web.errors import NotFound
+
+_METADATA_BATCH = 64  # instances joined per chunk of a metadata answer
+
+
+def _plan(request: Request, files: list[InstanceFile]) -> tuple[bool, dict[str, str]]:
+    """(multipart?, stored syntax -> syntax sent) for the first acceptable media range."""
+    stored = sorted({f.transfer_syntax for f in files})
+    for media in accepted(request):
+        found = dicom_range(media)
+        if found is None:
+            continue
+        multipart, asked = found
+        if not multipart and len(files) != 1:
+            continue
+        targets = {ts: instance_target(ts, asked) for ts in stored}
+        if all(targets.values()):
+            return multipart, targets  # type: ignore[return-value]
+    raise NotAcceptable(
+        f"cannot send these instances (stored as {', '.join(stored)}) as "
+        f"{request.headers.get('accept', '*/*')[:160]!r}: this node sends the stored syntax "
+        "(transfer-syntax=*), Explicit VR Little Endian, or Implicit VR Little Endian where it "
+        "can decode the stored one; a single-part application/dicom only for one instance")
+
+
+def retrieve(request: Request) -> Response:
+    """Study, series or instance as DICOM (PS3.18 10.4.1.1.1): stored bytes, streamed."""
+    who = require_read(request)
+    files = named_files(request)
+    multipart, targets = _plan(request, files)
+    paths = [absolute(request, f.path) for f in files]
+    missing = [f.sop_instance_uid for f, p in zip(files, paths) if not p.is_file()]
+    if missing:
+        raise NotFound(f"the files of {len(missing)} instance(s) are missing from storage, "
+                       f"first {missing[0]}")
+    audit(request, who, [files[0].study_uid], "dicomweb-retrieve")
+    if not multipart:
+        target = targets[files[0].transfer_syntax]
+        return StreamingResponse(instance_chunks(paths[0], files[0].transfer_syntax, target),
+                                 media_type=f"{DICOM}; transfer-syntax={target}")
+    boundary = new_boundary()
+    sent = set(targets.values())
+    parts = ((f"{DICOM}; transfer-syntax={targets[f.transfer_syntax]}",
+              instance_chunks(path, f.transfer_syntax, targets[f.transfer_syntax]))
+             for f, path in zip(files, paths))
+    return StreamingResponse(
+        multipart_body(boundary, parts),
+        media_type=multipart_type(DICOM, boundary, sent.pop() if len(sent) == 1 else None))
+
+
+def metadata(request: Request) -> Response:
+    """The DICOM JSON of every instance the path names (PS3.18 10.4.1.1.2)."""
+    who = require_read(request)
+    require_json(request)
+    files = named_files(request)
+    audit(request, who, [files[0].study_uid], "dicomweb-metadata")
+    cache_dir = context_of(request).data_dir / "cache" / "dicomweb"
+    base = service_url(request)
+    paths = [absolute(request, f.path) for f in files]
+    return StreamingResponse(_metadata_chunks(files, paths, cache_dir, base), media_type=DICOM_JSON)
+
+
+def _metadata_chunks(files: list[InstanceFile], paths: list[Path], cache_dir: Path,
+                     base: str) -> Iterator[str]:
+    yield "["
+    for start in range(0, len(files), _METADATA_BATCH):
+        texts = [instance_json(f, p, cache_dir) for f, p in
+                 zip(files[start:start + _METADATA_BATCH], paths[start:start + _METADATA_BATCH])]
+        yield ("," if start else "") + dicomjson.with_base(",".join(texts), base)
+    yield "]"
+
+
+def instance_json(f: InstanceFile, path: Path, cache_dir: Path) -> str:
+    """One instance's cached metadata text (base URL still a placeholder)."""
+
+    def build() -> str:
+        with database.connection_context():
+            inst = lookups.instance_pixels(f.sop_instance_uid)
+        vr = pixel_vr(inst) if inst is not None else None
+        return dicomjson.instance_json_text(
+            path, instance_path(f.study_uid, f.series_uid, f.sop_instance_uid), vr)
+
+    return dicomjson.cached_json_text(cache_dir, f.sha256, build)

@@ -1,0 +1,434 @@
+"""Upload sessions: the state machine, the part bytes, and the hand-over to the one ingest path.
+
+Plain Python, no Starlette: ``web.uploads`` (JSON) and ``web.uploads_tus`` (tus 1.0.0) are its
+HTTP edges and map these exceptions to statuses there.
+
+    UploadError
+    ├── SessionNotFound         no such session, or another user's                   404
+    ├── SessionExpired          abandoned and expired, its bytes freed               410
+    ├── InvalidTransition       not allowed from the session's status                409
+    │   ├── RetriesExhausted    uploads.max_retries reached                          409
+    │   └── IdentityConflict    an identity field would change                       409
+    ├── OffsetMismatch          Upload-Offset is not the session's offset            409
+    ├── BeyondSize              the chunk runs past the declared size                400
+    ├── TooLarge                the declared size exceeds uploads.max_size           413
+    ├── ChunkChecksumMismatch   Upload-Checksum does not match the chunk             460
+    └── IngestUnavailable       the store failed for a reason of its own             503
+    node.errors.StorageFull     the disk is full: the chunk is refused, nothing lost 507
+
+Why the order of things: a chunk is durable in its part file before its offset is committed;
+the last chunk is checked against the declared SHA-256 and ingested before the session says
+SYNCED, so SYNCED always means "stored durably and catalogued".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from db import uploads as db
+from db.accounts import utcnow
+from db.models import database
+from node.config import UploadSettings
+from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
+from web.uploads_parts import Part, PartFiles
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+INVALID_DICOM = "INVALID_DICOM"
+DUPLICATE_INSTANCE = "DUPLICATE_INSTANCE"
+SYSTEM_USER = "system"
+# JSON names of the fields fixed at creation (metadata may not restate them differently)
+IDENTITY_FIELDS = {"sessionId": "session_id", "fileName": "file_name", "size": "size",
+                   "sha256": "sha256", "contentType": "content_type", "orderId": "order_id"}
+
+
+class UploadError(Exception):
+    """Base of the upload session errors; the message is safe to show to the client."""
+
+
+class SessionNotFound(UploadError):
+    pass
+
+
+class SessionExpired(UploadError):
+    pass
+
+
+class InvalidTransition(UploadError):
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetriesExhausted(InvalidTransition):
+    pass
+
+
+class IdentityConflict(InvalidTransition):
+    pass
+
+
+class OffsetMismatch(UploadError):
+    def __init__(self, expected: int) -> None:
+        super().__init__(f"Upload-Offset must be {expected}, the bytes received so far")
+        self.expected = expected
+
+
+class BeyondSize(UploadError):
+    pass
+
+
+class TooLarge(UploadError):
+    pass
+
+
+class ChunkChecksumMismatch(UploadError):
+    pass
+
+
+class IngestUnavailable(UploadError):
+    pass
+
+
+@dataclass(frozen=True)
+class Caller:
+    username: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class NewSession:
+    file_name: str
+    size: int
+    sha256: str
+    content_type: str
+    order_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ChunkChecksum:
+    """An Upload-Checksum header: the algorithm and the chunk's raw digest (tus checksum)."""
+
+    algorithm: str  # a hashlib name: sha1 or sha256
+    digest: bytes
+
+    def matches(self, chunk: bytes) -> bool:
+        return hmac.compare_digest(hashlib.new(self.algorithm, chunk).digest(), self.digest)
+
+
+class UploadSessions:
+    """Every operation on sessions; stateless apart from its settings (cheap to build)."""
+
+    def __init__(self, limits: UploadSettings, data_dir: Path, ingestor: Any = None,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.limits = limits
+        self.parts = PartFiles(data_dir / "uploads")
+        self.ingestor = ingestor  # node.ingest.Ingestor
+        self.now = clock
+
+    # --- the JSON resource ------------------------------------------------------------------
+
+    def create(self, caller: Caller, new: NewSession) -> tuple[db.SessionRecord, bool]:
+        """A new QUEUED session, or (False) the caller's session already carrying this digest
+        for this order: one file is never uploaded, nor stored, twice."""
+        if new.size > self.limits.max_size:
+            raise TooLarge(f"size {new.size} exceeds the node's limit of {self.limits.max_size} bytes")
+        with database.connection_context():
+            for _ in range(2):
+                now = self.now()
+                record, created = db.create_session(
+                    session_id=str(uuid.uuid4()), owner=caller.username, file_name=new.file_name,
+                    size=new.size, sha256=new.sha256, content_type=new.content_type,
+                    order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now))
+                if created:
+                    return record, True
+                if record.size != new.size:
+                    raise IdentityConflict(f"session {record.session_id} has this SHA-256 with size "
+                                           f"{record.size}, not {new.size}", record.status)
+                record = self._expire_if_due(record)
+                if record.status != db.EXPIRED:  # expired just now: its key is free, try again
+                    return record, False
+        raise InvalidTransition("the session for this file keeps expiring; try again")  # pragma: no cover
+
+    def get(self, caller: Caller, session_id: str) -> db.SessionRecord:
+        with database.connection_context():
+            return self._visible(caller, session_id)
+
+    def put_metadata(self, caller: Caller, session_id: str, metadata: dict[str, Any]) -> db.SessionRecord:
+        """Metadata comes before the bytes; it may be replaced until the first byte arrives."""
+        with database.connection_context():
+            record = self._visible(caller, session_id)
+            for name, column in IDENTITY_FIELDS.items():
+                if name in metadata and metadata[name] != getattr(record, column):
+                    raise IdentityConflict(f"{name} is fixed when the session is created", record.status)
+            now = self.now()
+            return self._move(record, caller, expect=(db.QUEUED, db.METADATA_UPLOADED),
+                              steps=(db.METADATA_UPLOADED,), detail="metadata stored",
+                              what="store metadata", metadata=metadata, expires_at=self._expiry(now))
+
+    def acknowledge(self, caller: Caller, session_id: str, server_image_id: str) -> db.SessionRecord:
+        """SYNCED -> ACK_RECEIVED: the client may now delete its copy. Repeating it is harmless."""
+        with database.connection_context():
+            record = self._visible(caller, session_id)
+            if record.status in (db.SYNCED, db.ACK_RECEIVED) and server_image_id != record.server_image_id:
+                raise InvalidTransition(f"serverImageId {server_image_id!r} is not this session's "
+                                        f"image ({record.server_image_id})", record.status)
+            if record.status == db.ACK_RECEIVED:
+                return record
+            return self._move(record, caller, expect=(db.SYNCED,), steps=(db.ACK_RECEIVED,),
+                              detail="the client confirmed the stored image", what="acknowledge")
+
+    def retry(self, caller: Caller, session_id: str) -> db.SessionRecord:
+        """FAILED -> again. Sound kept bytes (the digest matched) are ingested again at once;
+        otherwise the session waits for the bytes from offset 0."""
+        with database.connection_context():
+            record = self._visible(caller, session_id)
+            self._check_retry(record)
+            with self.parts.locked(session_id) as part:
+                record = self._reload(record)
+                self._check_retry(record)
+                count = record.retry_count + 1
+                if record.error_code != CHECKSUM_MISMATCH and part.size == record.size:
+                    record = self._move(record, caller, expect=(db.FAILED,), steps=(db.BINARY_UPLOADING,),
+                                        detail=f"retry {count}: the kept bytes are stored again",
+                                        what="retry", retry_count=count, error_code=None,
+                                        error_message=None)
+                    return self._store(record, caller, part, record.size, b"")
+                part.truncate(0)
+                now = self.now()
+                return self._move(record, caller, expect=(db.FAILED,), steps=(db.METADATA_UPLOADED,),
+                                  detail=f"retry {count}: waiting for the bytes from offset 0",
+                                  what="retry", retry_count=count, upload_offset=0, error_code=None,
+                                  error_message=None, expires_at=self._expiry(now))
+
+    def events(self, caller: Caller, session_id: str) -> list[db.EventRecord]:
+        with database.connection_context():
+            self._visible(caller, session_id)
+            return db.session_events(session_id)
+
+    def list(self, caller: Caller, statuses: tuple[str, ...] | None, order_id: str | None,
+             limit: int, offset: int) -> list[db.SessionRecord]:
+        with database.connection_context():
+            return db.list_sessions(owner=None if caller.admin else caller.username, statuses=statuses,
+                                    order_id=order_id, limit=limit, offset=offset)
+
+    # --- the tus resource -------------------------------------------------------------------
+
+    def append(self, caller: Caller, session_id: str, offset: int, chunk: bytes,
+               checksum: ChunkChecksum | None = None) -> db.SessionRecord:
+        """Accept one PATCH body at ``offset``: durable before the new offset is committed; the
+        last one also verified and ingested. A refused chunk changes nothing."""
+        with database.connection_context():
+            record = self._visible(caller, session_id)
+            self._check_accepts(record, offset, len(chunk))
+            if checksum is not None and not checksum.matches(chunk):
+                raise ChunkChecksumMismatch(f"the chunk's {checksum.algorithm} differs from Upload-Checksum; "
+                                            "it was discarded")
+            with self.parts.locked(session_id) as part:
+                record = self._reload(record)
+                self._check_accepts(record, offset, len(chunk))
+                end = offset + len(chunk)
+                if end < record.size:
+                    if not chunk:
+                        return record
+                    part.write_at(offset, chunk)
+                    now = self.now()
+                    steps = (db.BINARY_UPLOADING,) if record.status == db.METADATA_UPLOADED else ()
+                    return self._move(record, caller, expect=(record.status,), steps=steps,
+                                      detail="first bytes received", what="append bytes",
+                                      expect_offset=offset, upload_offset=end,
+                                      expires_at=self._expiry(now))
+                return self._store(record, caller, part, offset, chunk)
+
+    def _store(self, record: db.SessionRecord, caller: Caller, part: Part, offset: int,
+               chunk: bytes) -> db.SessionRecord:
+        """The last bytes: SHA-256 of the whole file, then the one ingest path (node.ingest)."""
+        whole = offset == 0 and len(chunk) == record.size  # one PATCH: never touches the disk twice
+        if not whole and chunk:
+            part.write_at(offset, chunk, durable=False)  # the store's copy is the durable one
+        with _file_bytes(part, chunk if whole else None) as data:
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                part.remove()  # the bytes are not the file the session declared
+                return self._fail(record, caller, offset, CHECKSUM_MISMATCH,
+                                  "the received bytes do not have the declared SHA-256")
+            try:
+                outcome = self._ingestor().ingest_part10(data)
+            except (InvalidDataset, DuplicateInstance) as exc:
+                code = INVALID_DICOM if isinstance(exc, InvalidDataset) else DUPLICATE_INSTANCE
+                part.write_at(offset, chunk)  # sound bytes are kept (durably) for a retry
+                return self._fail(record, caller, offset, code, str(exc))
+            except StorageFull:
+                part.truncate(offset)
+                raise
+            except IngestError as exc:
+                part.truncate(offset)
+                raise IngestUnavailable(f"the node could not store the file now: {exc}") from None
+        steps = (db.BINARY_UPLOADING, db.SYNCED) if record.status == db.METADATA_UPLOADED else (db.SYNCED,)
+        stored = self._move(record, caller, expect=(record.status,), steps=steps,
+                            detail=f"stored as {outcome.sop_instance_uid} ({outcome.outcome})",
+                            what="store", expect_offset=offset, upload_offset=record.size,
+                            server_image_id=outcome.sop_instance_uid, expires_at=None)
+        part.remove()
+        return stored
+
+    def _fail(self, record: db.SessionRecord, caller: Caller, offset: int, code: str,
+              message: str) -> db.SessionRecord:
+        steps = (db.BINARY_UPLOADING, db.FAILED) if record.status == db.METADATA_UPLOADED else (db.FAILED,)
+        return self._move(record, caller, expect=(record.status,), steps=steps, detail=f"{code}: {message}",
+                          what="fail", expect_offset=offset, upload_offset=record.size,
+                          error_code=code, error_message=message, expires_at=None)
+
+    # --- expiry -------------------------------------------------------------------------------
+
+    def expire_abandoned(self, now: dt.datetime | None = None) -> int:
+        """Mark unfinished sessions past their expiry EXPIRED and free their bytes; also free the
+        kept bytes of long-idle FAILED sessions and part files no session needs. Returns how
+        many sessions expired."""
+        now = now or self.now()
+        expired = 0
+        with database.connection_context():
+            for session_id in db.abandoned_sessions(now):
+                record = db.get_session(session_id)
+                if record is not None and self._expire(record, now).status == db.EXPIRED:
+                    expired += 1
+            idle_since = now - dt.timedelta(seconds=self.limits.expire_after_seconds)
+            for session_id in db.idle_failed_sessions(idle_since):
+                if self.parts.held_bytes(session_id):
+                    with self.parts.locked(session_id) as part:
+                        part.remove()
+            self._remove_orphans()
+        return expired
+
+    def _remove_orphans(self) -> None:
+        """Part files left by a stop between a session's last commit and its file's removal."""
+        if not self.parts.folder.is_dir():
+            return
+        for path in self.parts.folder.glob("*.part"):
+            record = db.get_session(path.stem)
+            if record is None or record.status in (db.SYNCED, db.ACK_RECEIVED, db.EXPIRED):
+                with self.parts.locked(path.stem) as part:
+                    part.remove()
+
+    def _expire_if_due(self, record: db.SessionRecord) -> db.SessionRecord:
+        now = self.now()
+        if record.status in db.PENDING and record.expires_at is not None and record.expires_at <= now:
+            return self._expire(record, now)
+        return record
+
+    def _expire(self, record: db.SessionRecord, now: dt.datetime) -> db.SessionRecord:
+        with self.parts.locked(record.session_id) as part:
+            record = self._reload(record)
+            if record.status not in db.PENDING or record.expires_at is None or record.expires_at > now:
+                return record  # bytes arrived meanwhile
+            freed = part.size
+            try:
+                record = db.move(record.session_id, expect=(record.status,), steps=(db.EXPIRED,),
+                                 username=SYSTEM_USER, now=now, expect_offset=record.upload_offset,
+                                 detail=f"no bytes for {self.limits.expire_after_seconds} s; "
+                                        f"{freed} bytes freed",
+                                 dedupe_key=None, expires_at=None)
+            except db.StaleSession as exc:  # pragma: no cover - changed under our lock: not ours
+                return exc.current
+            part.remove()
+            log.info("upload session %s of %s expired; %d bytes freed", record.session_id,
+                     record.owner, freed)
+            return record
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _visible(self, caller: Caller, session_id: str) -> db.SessionRecord:
+        record = db.get_session(session_id)
+        if record is None or (record.owner != caller.username and not caller.admin):
+            raise SessionNotFound(f"no upload session {session_id}")
+        return self._expire_if_due(record)
+
+    def _reload(self, record: db.SessionRecord) -> db.SessionRecord:
+        current = db.get_session(record.session_id)
+        assert current is not None  # sessions are never deleted
+        return current
+
+    def _move(self, record: db.SessionRecord, caller: Caller, *, expect: tuple[str, ...],
+              steps: tuple[str, ...], detail: str, what: str, expect_offset: int | None = None,
+              **changes: Any) -> db.SessionRecord:
+        try:
+            return db.move(record.session_id, expect=expect, steps=steps, username=caller.username,
+                           detail=detail, now=self.now(), expect_offset=expect_offset, **changes)
+        except db.StaleSession as exc:
+            raise InvalidTransition(f"cannot {what}: the session is {exc.current.status}",
+                                    exc.current.status) from None
+
+    def _check_accepts(self, record: db.SessionRecord, offset: int, length: int) -> None:
+        if record.status == db.EXPIRED:
+            raise SessionExpired(f"upload session {record.session_id} expired; create a new one")
+        if record.status == db.QUEUED:
+            raise InvalidTransition("send the metadata first (PUT .../metadata)", record.status)
+        if record.status not in (db.METADATA_UPLOADED, db.BINARY_UPLOADING):
+            raise InvalidTransition(f"the session is {record.status} and takes no more bytes", record.status)
+        if offset != record.upload_offset:
+            raise OffsetMismatch(record.upload_offset)
+        if offset + length > record.size:
+            raise BeyondSize(f"the chunk ends at {offset + length}, past the declared size {record.size}")
+
+    def _check_retry(self, record: db.SessionRecord) -> None:
+        if record.status != db.FAILED:
+            raise InvalidTransition(f"only a FAILED session may be retried; this one is {record.status}",
+                                    record.status)
+        if record.retry_count >= self.limits.max_retries:
+            raise RetriesExhausted(f"retried {record.retry_count} times already (uploads.max_retries)",
+                                   record.status)
+
+    def _expiry(self, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=self.limits.expire_after_seconds)
+
+    def _ingestor(self) -> Any:
+        if self.ingestor is None:
+            raise IngestUnavailable("this server has no ingest path (read-only)")
+        return self.ingestor
+
+
+@contextmanager
+def _file_bytes(part: Part, whole: bytes | None) -> Iterator[Any]:
+    """The file's bytes: the one chunk itself, or the part file's contents."""
+    if whole is not None:
+        yield whole
+        return
+    with part.contents() as data:
+        yield data
+
+
+class ExpirySweeper:
+    """Runs ``expire_abandoned`` every ``uploads.sweep_interval_seconds`` in the serving node."""
+
+    def __init__(self, sessions: UploadSessions) -> None:
+        self.sessions = sessions
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="upload-expiry", daemon=True)
+
+    def start(self) -> "ExpirySweeper":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sessions.expire_abandoned()
+            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
+                log.exception("the upload expiry sweep failed")
+            if self._stop.wait(self.sessions.limits.sweep_interval_seconds):
+                return

@@ -18,8 +18,9 @@ from starlette.staticfiles import StaticFiles
 
 from node.config import Settings
 from node.tokens import TokenService, load_or_create_secret
-from web import instances, listings, ops, tokens
+from web import admin, instances, listings, ops, tokens, uploads
 from web.context import NodeStatus, WebContext
+from web.dicomweb import routes as dicomweb
 from web.errors import EXCEPTION_HANDLERS, from_auth_error
 from web.instance_cache import InstanceCache
 from web.limits import BodyLimitMiddleware, TokenBucket, UserLimitsMiddleware
@@ -50,8 +51,9 @@ class ViewerFiles(StaticFiles):
         return response
 
 
-def routes() -> list[Route]:
-    """Every route of the node's HTTP API, in one place."""
+def routes(settings: Settings) -> list[Route]:
+    """Every route of the node's HTTP API, in one place (uploads, admin and DICOMweb list
+    theirs in their own modules)."""
     study = "/api/pacs/studies/{study_uid}"
     instance = "/api/pacs/instances/{sop_uid}"
     return [
@@ -69,6 +71,9 @@ def routes() -> list[Route]:
         Route(f"{instance}/frames/{{frame:int}}/rendered", instances.rendered_frame, methods=["GET"]),
         Route(f"{instance}/thumbnail", instances.thumbnail, methods=["GET"]),
         Route(f"{instance}/file", instances.instance_file, methods=["GET"]),
+        *uploads.routes(),
+        *admin.routes(),
+        *dicomweb.routes(settings.dicomweb),
     ]
 
 
@@ -102,7 +107,7 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
         Middleware(UserLimitsMiddleware, max_in_flight=web.max_in_flight_per_user,
                    bucket=TokenBucket(web.rate_per_second, web.burst, **throttle_args)),
     ]
-    app = Starlette(routes=routes(), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    app = Starlette(routes=routes(settings), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.ctx = ctx
     # paths no API route knows are the viewer's files (API methods and errors stay as they are)
     app.router.default = ViewerFiles(directory=Path(__file__).parent / "static", html=True)

@@ -301,9 +301,13 @@ def header_attributes(ds: Any, little_endian: bool = True) -> dict[str, Any]:
     Reads the raw element bytes itself: pydicom's per-element conversion (with validation)
     costs more than the rest of a small C-STORE.
     """
-    encodings = convert_encodings(_character_sets(ds))
+    charsets = _character_sets(ds)
+    encodings = convert_encodings(charsets)
     values: dict[str, Any] = {}
     for name, (tag, vr, kind) in _FIELD_TAGS.items():
+        if tag == _CHARSET_TAG:  # dcmread converts it while reading a file: take the terms
+            values[name] = "\\".join(charsets) if charsets else None
+            continue
         raw = _raw_value(ds, tag)
         if not raw:
             values[name] = None

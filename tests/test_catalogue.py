@@ -205,12 +205,7 @@ def test_person_names_are_decoded_with_the_character_set(node: Node, ingestor: I
     assert encoded in node.storage.absolute(row.path).read_bytes()
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("part10", marks=pytest.mark.xfail(
-        strict=True, reason="node/dicomfile.py _raw_value skips Specific Character Set, which "
-                            "dcmread has already converted: imported and reindexed files record none")),
-    "received",
-])
+@pytest.mark.parametrize("how", ["part10", "received"])
 def test_specific_character_set_is_recorded(ingestor: Ingestor, how: str) -> None:
     """Imported files and C-STORE datasets record their character set alike."""
     ds = make_dataset(patient_name="MÜLLER^JÜRGEN", charset="ISO_IR 100")

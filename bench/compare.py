@@ -30,9 +30,9 @@ from bench.scenario import Scenario, Summary, print_table, run_scenario  # noqa:
 
 def all_scenarios() -> list[Scenario]:
     """Every measurement, in table order."""
-    from bench import ingest, query
+    from bench import ingest, query, web
 
-    return [*ingest.SCENARIOS, *query.SCENARIOS]
+    return [*ingest.SCENARIOS, *query.SCENARIOS, *web.SCENARIOS]
 
 
 def select(scenarios: list[Scenario], only: Sequence[str]) -> list[Scenario]:

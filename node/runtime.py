@@ -47,6 +47,7 @@ class Node:
         self.ae: Any = None
         self.server: Any = None
         self.retrieval: Any = None  # scu.runner.RetrieveRunner: retrieval jobs from the catalogue
+        self.upload_sweeper: Any = None  # web.uploads_service.ExpirySweeper: abandoned uploads
 
     def open_store(self, clean_temp: bool = True) -> Ingestor:
         """Storage and catalogue without the network (import, reindex use this).
@@ -86,12 +87,15 @@ class Node:
         self.retrieval = RetrieveRunner(self.settings, ingestor, self.dimse_address[1]).start()
         if self.web:
             from web.server import WebServer
+            from web.uploads_service import ExpirySweeper, UploadSessions
 
             try:
                 self.web_server = WebServer(self.settings, self).start()
             except Exception:
                 self.stop()
                 raise
+            sessions = UploadSessions(self.settings.uploads, self.settings.data_dir, ingestor)
+            self.upload_sweeper = ExpirySweeper(sessions).start()
         return self
 
     @property
@@ -108,6 +112,9 @@ class Node:
         if self.web_server is not None:
             self.web_server.stop()
             self.web_server = None
+        if self.upload_sweeper is not None:
+            self.upload_sweeper.stop()
+            self.upload_sweeper = None
         if self.server is not None:
             server = self.server
             server.shutdown()

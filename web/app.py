@@ -1,17 +1,20 @@
 """The app factory and the one route table of the HTTP API (shared/STYLE.md, 4).
 
-Middleware, outermost first: metrics (every request, by route template), body size cap,
-gzip for JSON, bearer authentication, then per-user concurrency and rate limits.
+Middleware, outermost first: CORS (only with ``web.cors_origins``), metrics (every request,
+by route template), body size cap, gzip for JSON, bearer authentication, then per-user
+concurrency and rate limits.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
@@ -26,7 +29,10 @@ from web.instance_cache import InstanceCache
 from web.limits import BodyLimitMiddleware, TokenBucket, UserLimitsMiddleware
 from web.openapi import openapi_document
 from web.security import BearerBackend, LoginThrottle
+from web.uploads_service import UploadSessions
+from web.uploads_tus import EXPOSED_HEADERS, REQUEST_HEADERS
 
+_UPLOAD_BINARY = re.compile(r"/api/upload-sessions/[^/]+/binary")  # tus PATCH: uploads.max_chunk_bytes
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/token/", "/api/token/refresh/"})
 # pixels, pictures and files are compressed already or gain little; gzip only pays for JSON
 _NOT_GZIPPED = DEFAULT_EXCLUDED_CONTENT_TYPES + ("image/*", "application/octet-stream",
@@ -79,10 +85,11 @@ def routes(settings: Settings) -> list[Route]:
 
 def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
                token_service: TokenService | None = None,
-               clock: Callable[[], float] | None = None) -> Starlette:
+               clock: Callable[[], float] | None = None, ingestor: Any = None) -> Starlette:
     """The HTTP API over an opened catalogue (``db.catalogue.open_database`` binds it first).
 
-    ``clock`` (monotonic seconds) drives the login throttle and rate limits, for tests.
+    ``clock`` (monotonic seconds) drives the login throttle and rate limits, for tests;
+    ``ingestor`` (node.ingest.Ingestor) stores uploaded files (None: uploads answer 503).
     """
     token_service = token_service or TokenService(settings.auth, load_or_create_secret(settings))
     throttle_args = {"clock": clock} if clock else {}
@@ -95,11 +102,14 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
         node_status=node_status,
         metrics=metrics,
         instances=InstanceCache(settings.data_dir),
+        ingestor=ingestor,
+        uploads=UploadSessions(settings.uploads, settings.data_dir, ingestor),
     )
     web = settings.web
     middleware = [
         Middleware(ops.MetricsMiddleware, metrics=metrics),
-        Middleware(BodyLimitMiddleware, max_bytes=web.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=web.max_body_bytes, larger=[
+            ("PATCH", _UPLOAD_BINARY, settings.uploads.max_chunk_bytes)]),
         Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6,
                    exclude_content_types=_NOT_GZIPPED),
         Middleware(AuthenticationMiddleware, backend=BearerBackend(token_service, PUBLIC_PATHS),
@@ -107,6 +117,13 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
         Middleware(UserLimitsMiddleware, max_in_flight=web.max_in_flight_per_user,
                    bucket=TokenBucket(web.rate_per_second, web.burst, **throttle_args)),
     ]
+    if web.cors_origins:  # outermost: refusals (401, 413, 429) carry the CORS headers too
+        middleware.insert(0, Middleware(
+            CORSMiddleware, allow_origins=list(web.cors_origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "If-None-Match", "Range",
+                           *REQUEST_HEADERS],
+            expose_headers=[*EXPOSED_HEADERS, "Location", "ETag"], max_age=600))
     app = Starlette(routes=routes(settings), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.ctx = ctx
     # paths no API route knows are the viewer's files (API methods and errors stay as they are)

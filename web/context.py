@@ -35,6 +35,7 @@ class WebContext:
     metrics: object  # web.ops.Metrics; typed loosely to keep this module free of prometheus
     instances: InstanceCache
     ingestor: Any = None  # node.ingest.Ingestor: the one ingest path, for uploads (None: read-only)
+    uploads: Any = None  # web.uploads_service.UploadSessions, over ``ingestor``
 
     @property
     def data_dir(self) -> Path:

@@ -6,9 +6,10 @@ belongs to the app instance.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -93,19 +94,32 @@ class UserLimitsMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes``: by Content-Length at once, else while streaming."""
+    """Refuses bodies over ``max_bytes``: by Content-Length at once, else while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``larger`` lists (method, path pattern, limit) for the few routes whose bodies are bigger
+    by design (tus PATCH chunks of an upload session); the first full match wins.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 larger: Sequence[tuple[str, re.Pattern[str], int]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = tuple(larger)
+
+    def limit_for(self, scope: Scope) -> int:
+        for method, pattern, limit in self.larger:
+            if scope["method"] == method and pattern.fullmatch(scope["path"]):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope)
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(scope, send)
+            if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+                await self._refuse(scope, send, max_bytes)
                 return
         received = 0
         started = False
@@ -115,8 +129,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"the request body exceeds {self.max_bytes} bytes")
+                if received > max_bytes:
+                    raise PayloadTooLarge(f"the request body exceeds {max_bytes} bytes")
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -129,11 +143,11 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except PayloadTooLarge:
             if not started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
+    async def _refuse(self, scope: Scope, send: Send, max_bytes: int) -> None:
         response = problem_response(413, PayloadTooLarge.title,
-                                    f"the request body exceeds {self.max_bytes} bytes", scope.get("path"))
+                                    f"the request body exceeds {max_bytes} bytes", scope.get("path"))
         await response(scope, _no_receive, send)
 
 

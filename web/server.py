@@ -40,7 +40,8 @@ class WebServer:
     def __init__(self, settings: Settings, node: Any = None, start_timeout: float = 20.0) -> None:
         self.settings = settings
         self.start_timeout = start_timeout
-        app = create_app(settings, node_status=RunningNodeStatus(node) if node is not None else None)
+        app = create_app(settings, node_status=RunningNodeStatus(node) if node is not None else None,
+                         ingestor=node.ingestor if node is not None else None)
         config = uvicorn.Config(app, host=settings.web.host, port=settings.web.port, log_config=None,
                                 access_log=False, lifespan="off", server_header=False,
                                 timeout_graceful_shutdown=5)

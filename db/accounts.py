@@ -29,6 +29,10 @@ class UserExists(AccountError):
     """The name is taken."""
 
 
+class LastAdmin(AccountError):
+    """The change would leave no active admin to manage users over HTTP."""
+
+
 @dataclass(frozen=True)
 class Account:
     id: int
@@ -91,6 +95,32 @@ def disable_user(username: str) -> None:
         User.update(disabled=1).where(User.id == user.id).execute()
         (RefreshToken.update(revoked_at=utcnow())
          .where((RefreshToken.user == user.id) & RefreshToken.revoked_at.is_null()).execute())
+
+
+def change_role(username: str, role: str) -> Account:
+    """Give the user another role; it takes effect at the user's next token refresh."""
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    with database.atomic():
+        if User.update(role=role).where(User.username == username).execute() != 1:
+            raise UnknownUser(f"no user named {username!r}")
+    return _account(User.get(User.username == username))
+
+
+def enable_user(username: str) -> Account:
+    """Allow the user's logins again (its revoked refresh tokens stay revoked)."""
+    if User.update(disabled=0).where(User.username == username).execute() != 1:
+        raise UnknownUser(f"no user named {username!r}")
+    return _account(User.get(User.username == username))
+
+
+def ensure_another_admin(username: str) -> None:
+    """Refuse (LastAdmin) when ``username`` is the only active admin: disabling or demoting it
+    would leave nobody able to manage users except from the command line."""
+    others = (User.select().where((User.role == "admin") & (User.disabled == 0)
+                                  & (User.username != username)).exists())
+    if not others:
+        raise LastAdmin(f"{username!r} is the only active admin; make another user admin first")
 
 
 def store_refresh(token_hash: str, family: str, user_id: int, expires_at: dt.datetime) -> None:

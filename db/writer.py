@@ -167,7 +167,8 @@ class CatalogueWriter:
             return
         future.set_result(result)
 
-    def _commit(self, batch: list) -> None:
+    def _commit(self, batch: list, fresh: bool = False) -> None:
+        """``fresh``: the hierarchy cache was emptied for this attempt (no retry on failure)."""
         new_rows: list[int] = []
         try:
             with self.db.atomic():
@@ -185,7 +186,10 @@ class CatalogueWriter:
                 self._unsettled.difference_update(new_rows)
             if len(batch) > 1:
                 for item in batch:
-                    self._commit([item])
+                    self._commit([item], fresh=True)
+                return
+            if not fresh:  # a remembered series or study may have been deleted since (db.admin)
+                self._commit(batch, fresh=True)
                 return
             log.exception("catalogue write failed for %s", batch[0][0].sop_instance_uid)
             batch[0][3].set_exception(exc)

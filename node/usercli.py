@@ -1,4 +1,4 @@
-"""``python -m node user add|list|disable``: the people and programs allowed into the HTTP API.
+"""``python -m node user add|list|disable|role``: the people and programs allowed into the HTTP API.
 
 Passwords come from a prompt (asked twice) or, when stdin is not a terminal, from its first
 line, so scripts can pipe them in without putting them on the command line.
@@ -16,10 +16,15 @@ from node.config import Settings
 _NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
+def valid_username(name: str) -> bool:
+    """1-64 letters, digits or ``. _ @ -``: safe in URLs, logs and the audit trail."""
+    return _NAME_RE.fullmatch(name) is not None
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from db.accounts import ROLES
 
-    user = sub.add_parser("user", help="HTTP API users: add, list, disable")
+    user = sub.add_parser("user", help="HTTP API users: add, list, disable, role")
     actions = user.add_subparsers(dest="user_command", required=True)
     add = actions.add_parser("add", help="create a user (password from a prompt or stdin)")
     add.add_argument("name")
@@ -30,6 +35,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     disable = actions.add_parser("disable", help="refuse the user's logins and revoke its refresh tokens")
     disable.add_argument("name")
     disable.set_defaults(run=_disable)
+    role = actions.add_parser("role", help="give a user another role (effective at its next token refresh)")
+    role.add_argument("name")
+    role.add_argument("--role", choices=ROLES, required=True)
+    role.set_defaults(run=_role)
 
 
 def _open(settings: Settings):  # noqa: ANN202 - a peewee Database
@@ -104,4 +113,20 @@ def _disable(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(f"disabled {args.name}")
+    return 0
+
+
+def _role(settings: Settings, args: argparse.Namespace) -> int:
+    from db.accounts import UnknownUser, change_role
+
+    db = _open(settings)
+    try:
+        with db.connection_context():
+            change_role(args.name, args.role)
+    except UnknownUser as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        db.close()
+    print(f"{args.name} is now {args.role}")
     return 0

@@ -5,6 +5,7 @@
     ├── Unauthorized        401  no, or an unusable, bearer token (WWW-Authenticate: Bearer)
     ├── Forbidden           403  the role does not allow this
     ├── NotFound            404  no such study, series, instance or frame
+    ├── Conflict            409  the change clashes with the current state (a user exists)
     ├── PayloadTooLarge     413  the request body exceeds web.max_body_bytes
     ├── UnsupportedMedia    415  a frame cannot be decoded or rendered here (no codec)
     └── TooManyRequests     429  rate, in-flight or login limits (Retry-After)
@@ -60,6 +61,10 @@ class Forbidden(Problem):
 
 class NotFound(Problem):
     status, title = 404, "Not Found"
+
+
+class Conflict(Problem):
+    status, title = 409, "Conflict"
 
 
 class PayloadTooLarge(Problem):

@@ -85,6 +85,14 @@ SCHEMAS: dict[str, Any] = {
                      pixelSpacing={"type": "array", "items": _N}, numberOfFrames=_I,
                      transferSyntaxUid=_S, frameUrls={"type": "array", "items": _S}),
     "Health": _obj(status=_S, checks={"type": "object", "additionalProperties": _S}),
+    "AdminStats": _obj(patients=_I, studies=_I, series=_I, instances=_I, bytes=_I, diskTotalBytes=_I,
+                       diskFreeBytes=_I),
+    "User": _obj(username=_S, role={"type": "string", "enum": ["admin", "viewer", "uploader"]},
+                 disabled=_B, createdAt=_S),
+    "NewUser": {**_obj(username=_S, password=_S, role=_S), "required": ["username", "password", "role"]},
+    "UserChange": _obj(role=_S, disabled=_B),
+    "Deleted": _obj(studyUid=_S, seriesUids={"type": "array", "items": _S}, instances=_I, bytes=_I,
+                    studyRemoved=_B, patientRemoved=_B, filesRemoved=_I),
 }
 
 
@@ -94,6 +102,17 @@ def _post(summary: str, body: str) -> dict[str, Any]:
                          "schema": {"$ref": f"#/components/schemas/{body}"}}}},
                      "responses": {"200": _json("TokenPair"), "400": _PROBLEM, "401": _PROBLEM,
                                    "413": _PROBLEM, "429": _PROBLEM}}}
+
+
+def _admin(method: str, summary: str, ok: dict[str, Any], *params: dict[str, Any],
+           body: str | None = None, status: str = "200") -> dict[str, Any]:
+    """An admin-only operation (403 for the other roles)."""
+    op: dict[str, Any] = {"summary": summary, "parameters": list(params), "responses": {
+        status: ok, **{code: _PROBLEM for code in ("400", "401", "403", "404", "409", "429")}}}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{body}"}}}}
+    return {method: op}
 
 
 def build_document() -> dict[str, Any]:
@@ -141,6 +160,20 @@ def build_document() -> dict[str, Any]:
             "Small JPEG of the middle frame, cached on disk", _binary("image/jpeg"), sop, cached=True),
         "/api/pacs/instances/{sop_uid}/file": _get(
             "The stored Part 10 file", _binary("application/dicom"), sop, cached=True),
+        "/api/admin/stats": _admin("get", "Catalogue and storage figures (as `node stats`)",
+                                   _json("AdminStats")),
+        "/api/admin/users/": {
+            **_admin("get", "Every user", _json(_obj(users={"type": "array", "items": {
+                "$ref": "#/components/schemas/User"}}))),
+            **_admin("post", "Add a user", _json("User", "Created"), body="NewUser", status="201")},
+        "/api/admin/users/{username}": _admin(
+            "patch", "Change a user's role, disable or enable it", _json("User"),
+            _path("username", "user name", _S), body="UserChange"),
+        "/api/pacs/studies/{study_uid}/": _admin(
+            "delete", "Delete a study: rows (audited), then files", _json("Deleted"), study),
+        "/api/pacs/studies/{study_uid}/series/{series_uid}/": _admin(
+            "delete", "Delete a series (its study too when it was the last)", _json("Deleted"),
+            study, series),
     }
     return {
         "openapi": "3.1.0",

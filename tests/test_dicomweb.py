@@ -10,14 +10,36 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
+from starlette.testclient import TestClient
 
 from db import accounts
 from db.models import database
+from node.runtime import Node
 from tests.helpers import make_dataset
-from tests.web_support import part10_bytes, web  # noqa: F401 - fixture
+from tests.web_support import FakeClock, WebWorld, part10_bytes
+from web.app import create_app
 
 ROOT = "/dicom-web"
 JSON = {"Accept": "application/dicom+json"}
+
+
+def _world(make_settings, **sections: dict):  # noqa: ANN202 - a generator of one WebWorld
+    """The HTTP app over a fresh catalogue, with the ingest path STOW-RS stores through."""
+    settings = make_settings(**sections)
+    node = Node(settings)
+    ingestor = node.open_store()
+    clock = FakeClock()
+    app = create_app(settings, clock=clock, ingestor=ingestor)
+    try:
+        with TestClient(app) as client:
+            yield WebWorld(settings, ingestor, client, clock)
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def web(make_settings):  # noqa: ANN201
+    yield from _world(make_settings)
 
 
 def _value(item: dict, tag: str):  # noqa: ANN202 - the first value of an attribute, or None
@@ -125,9 +147,7 @@ def test_fuzzymatching_is_accepted_with_a_warning(web):
 
 
 def test_results_are_capped_with_a_warning(make_settings):
-    from tests.web_support import build_world
-
-    for world in build_world(make_settings, dicomweb={"max_results": 2}):
+    for world in _world(make_settings, dicomweb={"max_results": 2}):
         _two_studies(world)
         world.ingest(make_dataset())
         response = world.get(f"{ROOT}/studies")
@@ -159,3 +179,230 @@ def test_bad_uid_in_a_search_path_is_400(web):
 def test_search_accept_must_allow_json(web):
     response = web.get(f"{ROOT}/studies", headers={"Accept": "application/dicom+xml"})
     assert response.status_code == 406
+
+
+# --- WADO-RS -----------------------------------------------------------------------------
+
+def _parts(response) -> list[tuple[bytes, bytes]]:  # noqa: ANN001
+    """(raw part headers, part bytes) of a multipart/related answer, split by hand."""
+    match = re.search(r"boundary=([^;\s]+)", response.headers["content-type"])
+    assert match, response.headers["content-type"]
+    delimiter = b"--" + match.group(1).strip('"').encode()
+    body = response.content
+    assert body.startswith(delimiter + b"\r\n") and body.endswith(b"\r\n" + delimiter + b"--\r\n")
+    chunks = body[len(delimiter) + 2:-(len(delimiter) + 6)].split(b"\r\n" + delimiter + b"\r\n")
+    out = []
+    for chunk in chunks:
+        head, _, data = chunk.partition(b"\r\n\r\n")
+        out.append((head, data))
+    return out
+
+
+def _stored_file(web, sop: str) -> bytes:  # noqa: ANN001
+    with database.connection_context():
+        from db import lookups
+
+        inst = lookups.instance_pixels(sop)
+    return (web.settings.data_dir / inst.path).read_bytes()
+
+
+def test_retrieve_instance_series_and_study_stream_the_stored_files(web):
+    study_a, _, sops = _two_studies(web)
+    ct_uid = _value(web.get(f"{ROOT}/studies/{study_a}/series").json()[0], "0020000E")
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    one = web.get(f"{ROOT}/studies/{study_a}/series/{ct_uid}/instances/{sops[0]}", headers=accept)
+    assert one.status_code == 200
+    assert one.headers["content-type"].startswith('multipart/related; type="application/dicom"')
+    [(head, data)] = _parts(one)
+    assert head == b"Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    assert data == _stored_file(web, sops[0])
+    series = _parts(web.get(f"{ROOT}/studies/{study_a}/series/{ct_uid}", headers=accept))
+    assert [dcmread(io.BytesIO(d)).SOPInstanceUID for _, d in series] == sops
+    assert len(_parts(web.get(f"{ROOT}/studies/{study_a}", headers=accept))) == 4
+
+
+@pytest.mark.parametrize("accept", [
+    'multipart/related; type=application/dicom',
+    'multipart/related; type="application/dicom"; transfer-syntax="1.2.840.10008.1.2.1"',
+    "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+    "*/*",
+])
+def test_quoted_and_unquoted_accept_parameters(web, accept):
+    study_a, _, _ = _two_studies(web)
+    response = web.get(f"{ROOT}/studies/{study_a}", headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    assert len(_parts(response)) == 4
+
+
+def _rle_dataset(**kwargs) -> object:
+    ds = make_dataset(**kwargs)
+    ds.compress("1.2.840.10008.1.2.5", np.arange(256, dtype=np.uint16).reshape(16, 16))
+    return ds
+
+
+def test_transfer_syntax_negotiation(web):
+    ds = _rle_dataset()
+    web.ingest(ds)
+    url = f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    stored = _parts(web.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                                   "transfer-syntax=*"}))
+    assert stored[0][0].endswith(b"transfer-syntax=1.2.840.10008.1.2.5")
+    default = _parts(web.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}))
+    assert default[0][0].endswith(b"transfer-syntax=1.2.840.10008.1.2.1")
+    decoded = dcmread(io.BytesIO(default[0][1]))
+    assert decoded.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert np.array_equal(decoded.pixel_array, np.arange(256).reshape(16, 16))
+    j2k = web.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; '
+                                          "transfer-syntax=1.2.840.10008.1.2.4.90"})
+    assert j2k.status_code == 406 and "transfer-syntax=*" in j2k.json()["detail"]
+
+
+@pytest.mark.parametrize("accept", ["image/png", "application/dicom+json", "text/html",
+                                    'multipart/related; type="image/jpeg"'])
+def test_retrieve_with_an_unsatisfiable_accept_is_406(web, accept):
+    study_a, _, _ = _two_studies(web)
+    response = web.get(f"{ROOT}/studies/{study_a}", headers={"Accept": accept})
+    assert response.status_code == 406
+
+
+def test_retrieve_paths_naming_nothing_are_404_and_bad_uids_400(web):
+    study_a, study_b, sops = _two_studies(web)
+    ct = _value(web.get(f"{ROOT}/studies/{study_a}/series").json()[0], "0020000E")
+    assert web.get(f"{ROOT}/studies/{generate_uid()}").status_code == 404
+    assert web.get(f"{ROOT}/studies/{study_b}/series/{ct}").status_code == 404
+    assert web.get(f"{ROOT}/studies/{study_b}/series/{ct}/instances/{sops[0]}/metadata").status_code == 404
+    assert web.get(f"{ROOT}/studies/1.2.x3").status_code == 400
+    assert web.get(f"{ROOT}/studies/{'1' * 65}/metadata").status_code == 400
+
+
+def _instance_url(ds) -> str:  # noqa: ANN001
+    return f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def _multiframe(frames: int = 3):  # noqa: ANN202
+    ds = make_dataset(rows=8, columns=8)
+    ds.NumberOfFrames = frames
+    pixels = np.arange(frames * 64, dtype=np.uint16).reshape(frames, 8, 8) * 7
+    ds.PixelData = pixels.tobytes()
+    return ds, pixels
+
+
+def test_frames_are_the_recorded_pixel_bytes_in_the_order_asked(web):
+    ds, pixels = _multiframe()
+    web.ingest(ds)
+    response = web.get(f"{_instance_url(ds)}/frames/3,1")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith('multipart/related; type="application/octet-stream"')
+    parts = _parts(response)
+    assert [h for h, _ in parts] == [b"Content-Type: application/octet-stream; "
+                                     b"transfer-syntax=1.2.840.10008.1.2.1"] * 2
+    assert [d for _, d in parts] == [pixels[2].tobytes(), pixels[0].tobytes()]
+
+
+def test_compressed_frames_as_stored_or_decoded(web):
+    ds = _rle_dataset()
+    web.ingest(ds)
+    raw = dcmread(io.BytesIO(part10_bytes(ds)))
+    from pydicom.encaps import generate_frames
+
+    fragment = next(generate_frames(raw.PixelData, number_of_frames=1))
+    as_stored = web.get(f"{_instance_url(ds)}/frames/1", headers={
+        "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    [(head, data)] = _parts(as_stored)
+    assert head.endswith(b"transfer-syntax=1.2.840.10008.1.2.5") and data == fragment
+    rle = _parts(web.get(f"{_instance_url(ds)}/frames/1",
+                         headers={"Accept": 'multipart/related; type="image/dicom-rle"'}))
+    assert rle[0][0] == b"Content-Type: image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"
+    decoded = _parts(web.get(f"{_instance_url(ds)}/frames/1",
+                             headers={"Accept": 'multipart/related; type="application/octet-stream"'}))
+    assert decoded[0][1] == np.arange(256, dtype="<u2").tobytes()
+    jpeg = web.get(f"{_instance_url(ds)}/frames/1", headers={"Accept": 'multipart/related; type="image/jpeg"'})
+    assert jpeg.status_code == 406
+
+
+@pytest.mark.parametrize("frames, status", [("4", 404), ("0", 400), ("1,x", 400), ("", 404)])
+def test_bad_frame_lists(web, frames, status):
+    ds, _ = _multiframe()
+    web.ingest(ds)
+    assert web.get(f"{_instance_url(ds)}/frames/{frames}").status_code == status
+
+
+def test_bulkdata_of_pixel_data_is_the_stored_frames(web):
+    ds, pixels = _multiframe(2)
+    web.ingest(ds)
+    parts = _parts(web.get(f"{_instance_url(ds)}/bulkdata/7FE00010"))
+    assert b"".join(d for _, d in parts) == pixels.tobytes()
+
+
+def test_rendered_and_thumbnails(web):
+    from PIL import Image
+
+    ds, _ = _multiframe(3)
+    web.ingest(ds)
+    url = _instance_url(ds)
+    jpeg = web.get(f"{url}/rendered", headers={"Accept": "image/jpeg"})
+    assert jpeg.status_code == 200 and jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (8, 8)
+    png = web.get(f"{url}/frames/2/rendered", params={"window": "100,200,LINEAR", "viewport": "4,4"},
+                  headers={"Accept": "image/png"})
+    assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (4, 4)
+    for thumb in (f"{url}/thumbnail", f"{ROOT}/studies/{ds.StudyInstanceUID}/thumbnail",
+                  f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail"):
+        response = web.get(thumb)
+        assert response.status_code == 200 and response.content[:2] == b"\xff\xd8", thumb
+    assert web.get(f"{url}/rendered", params={"window": "40"}).status_code == 400
+    assert web.get(f"{url}/rendered", params={"viewport": "0,0"}).status_code == 400
+    assert web.get(f"{url}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+
+
+# --- DICOM JSON ----------------------------------------------------------------------------
+
+def test_metadata_is_dicom_json_in_tag_order_with_bulk_data_uris(web):
+    ds, _ = _multiframe(2)
+    ds.add_new(0x00091010, "OB", b"\x01\x02\x03\x04")  # private, small: InlineBinary
+    ds.add_new(0x00090010, "LO", "ACME")
+    ds.IconImageSequence = []
+    ds.ImageComments = ""
+    web.ingest(ds)
+    response = web.get(f"{_instance_url(ds)}/metadata")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/dicom+json")
+    [meta] = response.json()
+    assert list(meta) == sorted(meta)
+    assert all(re.fullmatch(r"[0-9A-F]{8}", k) and "vr" in v for k, v in meta.items())
+    assert meta["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "DOE^JOHN"}]}
+    assert meta["00280008"]["Value"] == [2]  # IS as a number
+    assert meta["00204000"] == {"vr": "LT"}  # empty: no Value
+    assert meta["00091010"] == {"vr": "OB", "InlineBinary": "AQIDBA=="}
+    pixel = meta["7FE00010"]
+    assert pixel["vr"] == "OW" and pixel["BulkDataURI"].startswith("http")
+    assert pixel["BulkDataURI"].endswith(f"{_instance_url(ds)}/bulkdata/7FE00010")
+    assert not any(k.startswith("0002") for k in meta)
+    series = web.get(f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata")
+    study = web.get(f"{ROOT}/studies/{ds.StudyInstanceUID}/metadata")
+    assert series.json() == study.json() == [meta]
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+def test_names_are_decoded_from_their_character_set(web, charset):
+    ds = make_dataset(patient_name="MÜLLER^JÜRGEN", charset=charset)
+    ds.StudyDescription = "Schädel"
+    web.ingest(ds)
+    stored = _stored_file(web, ds.SOPInstanceUID)
+    encoded = "MÜLLER^JÜRGEN".encode("latin-1" if charset == "ISO_IR 100" else "utf-8")
+    assert encoded in stored
+    [meta] = web.get(f"{_instance_url(ds)}/metadata").json()
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "MÜLLER^JÜRGEN"}]
+    assert meta["00081030"]["Value"] == ["Schädel"]
+    [found] = web.get(f"{ROOT}/studies", params={"PatientName": "müller*"}).json()
+    assert found["00100010"]["Value"] == [{"Alphabetic": "MÜLLER^JÜRGEN"}]
+    assert found["00080005"]["Value"] == ["ISO_IR 192"]
+
+
+def test_person_name_groups(web):
+    ds = make_dataset(patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう", charset=["", "ISO 2022 IR 87"])
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    web.ingest(ds)
+    [meta] = web.get(f"{_instance_url(ds)}/metadata").json()
+    assert meta["00100010"]["Value"] == [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎",
+                                          "Phonetic": "やまだ^たろう"}]

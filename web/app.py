@@ -36,7 +36,7 @@ _UPLOAD_BINARY = re.compile(r"/api/upload-sessions/[^/]+/binary")  # tus PATCH: 
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/token/", "/api/token/refresh/"})
 # pixels, pictures and files are compressed already or gain little; gzip only pays for JSON
 _NOT_GZIPPED = DEFAULT_EXCLUDED_CONTENT_TYPES + ("image/*", "application/octet-stream",
-                                                 "application/dicom")
+                                                 "application/dicom", "multipart/related")
 
 # The built-in viewer (web/static/, served at /): only its own files may run, style, load or be
 # fetched; frames, thumbnails and uploads all go to the API on the same origin.
@@ -109,7 +109,8 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
     middleware = [
         Middleware(ops.MetricsMiddleware, metrics=metrics),
         Middleware(BodyLimitMiddleware, max_bytes=web.max_body_bytes, larger=[
-            ("PATCH", _UPLOAD_BINARY, settings.uploads.max_chunk_bytes)]),
+            ("PATCH", _UPLOAD_BINARY, settings.uploads.max_chunk_bytes),
+            ("POST", dicomweb.stow_path(settings.dicomweb), settings.dicomweb.max_stow_bytes)]),
         Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6,
                    exclude_content_types=_NOT_GZIPPED),
         Middleware(AuthenticationMiddleware, backend=BearerBackend(token_service, PUBLIC_PATHS),

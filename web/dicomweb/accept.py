@@ -121,7 +121,7 @@ def dicom_range(media: MediaRange) -> tuple[bool, str | None] | None:
     """For a retrieve of DICOM instances (PS3.18 10.4.1.1.1): (multipart?, transfer syntax
     asked or None) when the range admits ``application/dicom``, else None."""
     if media.media_type == MULTIPART:
-        if media.part_type in (None, DICOM):
+        if media.part_type in (None, DICOM, "*/*", "application/*"):
             return True, media.transfer_syntax
         return None
     if media.media_type == DICOM:

@@ -6,13 +6,15 @@ Every route checks access itself (web.dicomweb.access): reads need the ``read`` 
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
 from node.config import DicomwebSettings
 from web.context import context_of
-from web.dicomweb import qido, wado
+from web.dicomweb import pixels, qido, stow, uri, wado
 from web.dicomweb.accept import FRAME_MEDIA_TYPES
 from web.dicomweb.resources import service_url
 from web.dicomweb.transcode import can_decode
@@ -59,20 +61,36 @@ def capabilities(request: Request) -> JSONResponse:
     })
 
 
+def stow_path(settings: DicomwebSettings) -> re.Pattern[str]:
+    """The STOW-RS paths, whose bodies may reach ``max_stow_bytes`` (web.limits)."""
+    return re.compile(re.escape(settings.root.rstrip("/")) + r"/studies(/[^/]+)?")
+
+
 def routes(settings: DicomwebSettings) -> list[BaseRoute]:
     get = ["GET"]
     return [Mount(settings.root.rstrip("/"), routes=[
         Route("/", capabilities, methods=get),
         Route("/studies", qido.search_studies, methods=get),
+        Route("/studies", stow.store, methods=["POST"]),
         Route("/series", qido.search_series, methods=get),
         Route("/instances", qido.search_instances, methods=get),
+        Route("/wado", uri.wado_uri, methods=get),
         Route(STUDY, wado.retrieve, methods=get),
+        Route(STUDY, stow.store, methods=["POST"]),
         Route(f"{STUDY}/metadata", wado.metadata, methods=get),
         Route(f"{STUDY}/series", qido.search_series, methods=get),
         Route(f"{STUDY}/instances", qido.search_instances, methods=get),
+        Route(f"{STUDY}/thumbnail", pixels.thumbnail, methods=get),
         Route(SERIES, wado.retrieve, methods=get),
         Route(f"{SERIES}/metadata", wado.metadata, methods=get),
         Route(f"{SERIES}/instances", qido.search_instances, methods=get),
+        Route(f"{SERIES}/thumbnail", pixels.thumbnail, methods=get),
         Route(INSTANCE, wado.retrieve, methods=get),
         Route(f"{INSTANCE}/metadata", wado.metadata, methods=get),
+        Route(f"{INSTANCE}/rendered", pixels.rendered, methods=get),
+        Route(f"{INSTANCE}/thumbnail", pixels.thumbnail, methods=get),
+        Route(f"{INSTANCE}/frames/{{frames}}", pixels.frames, methods=get),
+        Route(f"{INSTANCE}/frames/{{frames}}/rendered", pixels.rendered, methods=get),
+        Route(f"{INSTANCE}/frames/{{frames}}/thumbnail", pixels.thumbnail, methods=get),
+        Route(f"{INSTANCE}/bulkdata/{{tags:path}}", pixels.bulkdata, methods=get),
     ])]

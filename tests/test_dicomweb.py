@@ -96,10 +96,13 @@ def test_study_search_matches_as_c_find_does(web, params, expected):
     assert [_value(s, "0020000D") for s in response.json()] == [study_a if expected == "A" else study_b]
 
 
-def test_uid_lists_match_any_listed_study(web):
+@pytest.mark.parametrize("separator", ["\\", ","])
+def test_uid_lists_match_any_listed_study(web, separator):
     study_a, study_b, _ = _two_studies(web)
-    response = web.get(f"{ROOT}/studies", params={"StudyInstanceUID": f"{study_a}\\{study_b}"})
+    response = web.get(f"{ROOT}/studies", params={"StudyInstanceUID": f"{study_a}{separator}{study_b}"})
     assert {_value(s, "0020000D") for s in response.json()} == {study_a, study_b}
+    modalities = web.get(f"{ROOT}/studies", params={"ModalitiesInStudy": f"MR{separator}XA"})
+    assert [_value(s, "0020000D") for s in modalities.json()] == [study_a]
 
 
 def test_no_match_is_200_with_an_empty_array(web):

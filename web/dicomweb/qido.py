@@ -42,6 +42,7 @@ DEFAULTS = {
 }
 _ORDER = ("STUDY", "SERIES", "IMAGE")
 _CONTROL = frozenset({"limit", "offset", "includefield", "fuzzymatching", "accept"})
+_COMMA_LISTS = frozenset({"UI", "CS"})  # values that never hold a comma themselves
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
 
@@ -101,6 +102,8 @@ def parse_search(request: Request, level: str) -> Search:
                              f"keys: {', '.join(allowed)}")
         if any(keyword == k for k, _ in (*scope, *matchers)):
             raise BadRequest(f"{keyword} is given twice (the path may fix it already)")
+        if KEYS[keyword].vr in _COMMA_LISTS:
+            value = value.replace(",", "\\")  # PS3.18 8.3.4.1: UID lists are comma-separated
         matchers.append((keyword, value))
     cap = context_of(request).settings.dicomweb.max_results
     return Search(level, tuple(scope), tuple(matchers), tuple(included),

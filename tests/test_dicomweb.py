@@ -409,3 +409,185 @@ def test_person_name_groups(web):
     [meta] = web.get(f"{_instance_url(ds)}/metadata").json()
     assert meta["00100010"]["Value"] == [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎",
                                           "Phonetic": "やまだ^たろう"}]
+
+
+# --- STOW-RS -------------------------------------------------------------------------------
+
+def _multipart(*parts: bytes, boundary: str = "XbOuNdArY", part_type: str = "application/dicom",
+               closed: bool = True) -> bytes:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: " + part_type.encode()
+                    + b"\r\n\r\n" + part + b"\r\n" for part in parts)
+    return body + (b"--" + boundary.encode() + b"--\r\n" if closed else b"")
+
+
+def _stow(web, body: bytes, url: str = f"{ROOT}/studies", user: str = "sender", role: str = "uploader",
+          content_type: str = 'multipart/related; type="application/dicom"; boundary=XbOuNdArY'):  # noqa: ANN001, ANN202
+    headers = {**web.headers(user, role), "Content-Type": content_type, **JSON}
+    return web.client.post(url, content=body, headers=headers)
+
+
+def _stored_count(web) -> int:  # noqa: ANN001
+    with database.connection_context():
+        from db.models import Instance
+
+        return Instance.select().count()
+
+
+def _spool_left(web) -> list:  # noqa: ANN001
+    return list((web.settings.data_dir / "tmp").glob("stow-*"))
+
+
+def test_stow_stores_every_part_and_qido_finds_them(web):
+    study = generate_uid()
+    datasets = [make_dataset(study_uid=study, instance_number=i) for i in (1, 2, 3)]
+    response = _stow(web, _multipart(*(part10_bytes(ds) for ds in datasets)))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert "00081198" not in result
+    referenced = result["00081199"]["Value"]
+    assert [_value(r, "00081155") for r in referenced] == [ds.SOPInstanceUID for ds in datasets]
+    assert _value(referenced[0], "00081150") == datasets[0].SOPClassUID
+    assert _value(result, "00081190").endswith(f"/studies/{study}")
+    found = web.get(f"{ROOT}/studies/{study}/instances").json()
+    assert {_value(i, "00080018") for i in found} == {ds.SOPInstanceUID for ds in datasets}
+    assert _spool_left(web) == []
+    with database.connection_context():
+        assert any(e.action == "dicomweb-store" for e in accounts.iter_audit(study))
+
+
+def test_stow_to_a_study_refuses_parts_of_another_study(web):
+    study = generate_uid()
+    good, other = make_dataset(study_uid=study), make_dataset()
+    response = _stow(web, _multipart(part10_bytes(good), part10_bytes(other)),
+                     url=f"{ROOT}/studies/{study}")
+    assert response.status_code == 202
+    [failed] = response.json()["00081198"]["Value"]
+    assert _value(failed, "00081155") == other.SOPInstanceUID and _value(failed, "00081197") == 0xA900
+    assert [_value(r, "00081155") for r in response.json()["00081199"]["Value"]] == [good.SOPInstanceUID]
+    assert web.get(f"{ROOT}/studies/{other.StudyInstanceUID}").status_code == 404
+
+
+def test_stow_of_non_dicom_parts_only_is_409(web):
+    response = _stow(web, _multipart(b"hello, not DICOM", b"\x00" * 200))
+    assert response.status_code == 409
+    reasons = [_value(f, "00081197") for f in response.json()["00081198"]["Value"]]
+    assert reasons == [0xC000, 0xC000] and "DICM" in response.headers["warning"]
+    assert _stored_count(web) == 0
+
+
+def test_stow_of_a_truncated_dicom_part_fails_that_part_only(web):
+    good, cut = make_dataset(rows=64, columns=64), make_dataset()
+    response = _stow(web, _multipart(part10_bytes(good), part10_bytes(cut)[:300]))
+    assert response.status_code == 202
+    assert _stored_count(web) == 1
+
+
+@pytest.mark.parametrize("body, content_type, status", [
+    (_multipart(b"x", closed=False), None, 400),                         # no closing delimiter
+    (_multipart(b"x", boundary="other"), None, 400),                      # wrong boundary
+    (b"--XbOuNdArY\r\nContent-Type: application/dicom\r\nno blank line", None, 400),
+    (b"", None, 400),
+    (_multipart(b"x", part_type="text/plain"), None, 415),
+    (_multipart(b"x"), "application/dicom", 415),
+    (_multipart(b"x"), 'multipart/related; type="application/dicom+json"; boundary=XbOuNdArY', 415),
+    (_multipart(b"x"), 'multipart/related; type="application/dicom"', 400),  # no boundary
+])
+def test_malformed_stow_requests_store_nothing(web, body, content_type, status):
+    ds = make_dataset()
+    good = part10_bytes(ds)
+    if body.startswith(b"--XbOuNdArY") and b"x" in body:  # put a storable part in front
+        body = body.replace(b"--XbOuNdArY\r\n", b"--XbOuNdArY\r\nContent-Type: application/dicom\r\n\r\n"
+                            + good + b"\r\n--XbOuNdArY\r\n", 1)
+    kwargs = {"content_type": content_type} if content_type else {}
+    response = _stow(web, body, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert _stored_count(web) == 0 and _spool_left(web) == []
+    assert web.get(f"{ROOT}/studies").status_code == 200  # still serving
+
+
+def test_stow_over_the_size_cap_is_413_and_stores_nothing(make_settings):
+    for world in _world(make_settings, dicomweb={"max_stow_bytes": 2000}):
+        body = _multipart(part10_bytes(make_dataset(rows=64, columns=64)))
+        assert len(body) > 2000
+        assert _stow(world, body).status_code == 413
+
+        def chunks():  # noqa: ANN202 - no Content-Length: counted while streaming
+            yield body[:1500]
+            yield body[1500:]
+
+        headers = {**world.headers("sender", "uploader"),
+                   "Content-Type": 'multipart/related; type="application/dicom"; boundary=XbOuNdArY'}
+        streamed = world.client.post(f"{ROOT}/studies", content=chunks(), headers=headers)
+        assert streamed.status_code == 413
+        assert _stored_count(world) == 0 and _spool_left(world) == []
+
+
+def test_stow_needs_the_upload_role(web):
+    body = _multipart(part10_bytes(make_dataset()))
+    assert _stow(web, body, user="reader", role="viewer").status_code == 403
+    anonymous = web.client.post(f"{ROOT}/studies", content=body, headers={
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=XbOuNdArY'})
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+    assert _stored_count(web) == 0
+
+
+# --- WADO-URI, access, capabilities ------------------------------------------------------------
+
+def test_wado_uri_file_and_picture(web):
+    from PIL import Image
+
+    ds = make_dataset(rows=32, columns=32)
+    web.ingest(ds)
+    params = {"requestType": "WADO", "studyUID": ds.StudyInstanceUID,
+              "seriesUID": ds.SeriesInstanceUID, "objectUID": ds.SOPInstanceUID}
+    file = web.get(f"{ROOT}/wado", params={**params, "contentType": "application/dicom"})
+    assert file.status_code == 200 and file.content == _stored_file(web, ds.SOPInstanceUID)
+    jpeg = web.get(f"{ROOT}/wado", params={**params, "rows": 16, "windowCenter": 0, "windowWidth": 100})
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(jpeg.content)).size == (16, 16)
+    assert web.get(f"{ROOT}/wado", params={**params, "requestType": "X"}).status_code == 400
+    assert web.get(f"{ROOT}/wado", params={**params, "objectUID": "1.2.x"}).status_code == 400
+    assert web.get(f"{ROOT}/wado", params={**params, "objectUID": generate_uid()}).status_code == 404
+    assert web.get(f"{ROOT}/wado", params={**params, "contentType": "video/mp4"}).status_code == 406
+
+
+def test_reads_need_a_token_unless_anonymous_reads_are_on(web, make_settings):
+    _two_studies(web)
+    refused = web.client.get(f"{ROOT}/studies")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert web.get(f"{ROOT}/studies", user="viewer2").status_code == 200
+    uploader = web.client.get(f"{ROOT}/studies", headers=web.headers("sender", "uploader"))
+    assert uploader.status_code == 403
+    bad = web.client.get(f"{ROOT}/studies", headers={"Authorization": "Bearer nonsense"})
+    assert bad.status_code == 401
+
+
+def test_anonymous_reads_when_configured(make_settings):
+    for world in _world(make_settings, dicomweb={"anonymous_read": True}):
+        study_a, _, _ = _two_studies(world)
+        assert len(world.client.get(f"{ROOT}/studies").json()) == 2
+        assert world.client.get(f"{ROOT}/studies/{study_a}/metadata").status_code == 200
+        with database.connection_context():
+            assert [e.username for e in accounts.iter_audit(study_a)] == ["anonymous"]
+        stow = world.client.post(f"{ROOT}/studies", content=_multipart(part10_bytes(make_dataset())),
+                                 headers={"Content-Type": 'multipart/related; type="application/dicom"; '
+                                                          "boundary=XbOuNdArY"})
+        assert stow.status_code == 401
+
+
+def test_reads_are_audited(web):
+    study_a, _, sops = _two_studies(web)
+    web.get(f"{ROOT}/studies/{study_a}/metadata")
+    web.get(f"{ROOT}/studies/{study_a}")
+    with database.connection_context():
+        actions = {(e.username, e.action) for e in accounts.iter_audit(study_a)}
+    assert {("reader", "dicomweb-metadata"), ("reader", "dicomweb-retrieve")} <= actions
+
+
+def test_capabilities_describe_the_service(web):
+    response = web.client.get(f"{ROOT}/")
+    assert response.status_code == 200
+    caps = response.json()
+    assert caps["root"].endswith(ROOT) and "/studies" in caps["qido-rs"]["resources"]
+    assert caps["anonymousRead"] is False and "PatientName" in caps["qido-rs"]["keys"]["STUDY"]

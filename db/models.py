@@ -213,3 +213,4 @@ ALL_MODELS = [Meta, Patient, Study, Series, Instance, User, RefreshToken, AuditE
               RetrieveSeries]
 
 from db import uploads as _uploads  # noqa: E402,F401 - upload sessions add their tables to ALL_MODELS
+from db import forwarding as _forwarding  # noqa: E402,F401 - the forwarding queue adds its table to ALL_MODELS

@@ -34,10 +34,16 @@ _STOP = object()
 UNSETTLED_KEY = "unsettled_from"
 
 
+IndexedHook = Callable[[list[tuple[InstanceRecord, IndexResult]]], None]
+
+
 class CatalogueWriter:
-    def __init__(self, db: Database, max_batch: int = 500) -> None:
+    def __init__(self, db: Database, max_batch: int = 500, on_indexed: IndexedHook | None = None) -> None:
+        """``on_indexed`` runs inside each batch's transaction with its records and results, so
+        what it writes (the forwarding queue) commits with the rows, at no extra commit."""
         self.db = db
         self.max_batch = max_batch
+        self.on_indexed = on_indexed
         self.cache = HierarchyCache()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="catalogue-writer", daemon=True)
@@ -119,6 +125,16 @@ class CatalogueWriter:
         set_meta(UNSETTLED_KEY, str(max((row[0] for row in rows), default=int(first) - 1) + 1))
         return [(sop_uid, path) for _, sop_uid, path in bad]
 
+    def run(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` (catalogue writes of another part, such as forwarding) in this thread,
+        in a transaction of its own between two batches, and return its result.
+
+        On SQLite a second connection that writes makes this thread's batches fail with
+        "database is locked" (a read snapshot that another commit made stale cannot become a
+        write), so other writers hand their writes here instead.
+        """
+        return self._call(work)
+
     def _call(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` in the writer thread inside its own transaction; wait for the commit."""
         if not self._started:
@@ -173,6 +189,8 @@ class CatalogueWriter:
         try:
             with self.db.atomic():
                 results = index_batch([(r, replace) for r, replace, _, _ in batch], self.cache)
+                if self.on_indexed is not None:
+                    self.on_indexed([(item[0], result) for item, result in zip(batch, results)])
                 new_rows = [result.row_id for (_, _, later, _), result in zip(batch, results)
                             if later and result.row_id is not None]
                 if new_rows:

@@ -84,6 +84,23 @@ class RemoteSettings:
     port: int
 
 
+@dataclass(frozen=True)
+class ForwardRule:
+    """One ``[[forward]]`` rule: send each newly stored instance that matches to ``to``.
+
+    ``modality`` and ``calling_ae`` narrow the rule (both must match when both are given);
+    a rule with neither forwards everything stored.
+    """
+
+    to: str  # a remote under [remotes]
+    modality: str | None = None  # the instance's series Modality, e.g. "CT"
+    calling_ae: str | None = None  # the AE title that sent it to this node
+
+    def matches(self, modality: str | None, calling_ae: str | None) -> bool:
+        return ((self.modality is None or self.modality == (modality or "").strip())
+                and (self.calling_ae is None or self.calling_ae == (calling_ae or "").strip()))
+
+
 RETRIEVE_METHODS = ("move", "get")
 
 
@@ -120,6 +137,7 @@ class Settings:
     uploads: UploadSettings = field(default_factory=UploadSettings)
     retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    forward: tuple[ForwardRule, ...] = ()  # [[forward]] rules, in file order
     source: Path | None = None
 
     @property
@@ -150,7 +168,7 @@ def settings_from_mapping(
             raise ConfigError(f"{key}: unknown section (known: {', '.join(sorted(known))})")
     sections: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
-        if f.name in ("source", "remotes"):
+        if f.name in ("source", "remotes", "forward"):
             continue
         sections[f.name] = _build(_hint(Settings, f.name), raw.get(f.name, {}), f.name, base_dir)
     remotes_raw = raw.get("remotes", {})
@@ -160,12 +178,35 @@ def settings_from_mapping(
     for ae_title, table in remotes_raw.items():
         _check_ae_title(ae_title, f"remotes.{ae_title}")
         remotes[ae_title] = _build(RemoteSettings, table, f"remotes.{ae_title}", base_dir)
-    settings = Settings(**sections, remotes=remotes, source=source)
+    forward = _forward_rules(raw.get("forward", []), remotes, base_dir)
+    settings = Settings(**sections, remotes=remotes, forward=forward, source=source)
     _check_values(settings)
     url = _resolve_sqlite_url(settings.database.url, base_dir)
     if url != settings.database.url:
         settings = dataclasses.replace(settings, database=DatabaseSettings(url=url))
     return settings
+
+
+def _forward_rules(raw: Any, remotes: dict[str, RemoteSettings],
+                   base_dir: Path) -> tuple[ForwardRule, ...]:
+    """``[[forward]]`` tables: each ``to`` must name a remote, so a typo fails at start-up
+    instead of queueing instances for a destination that can never be reached."""
+    if not isinstance(raw, list):
+        raise ConfigError("forward: expected [[forward]] tables (an array of tables)")
+    rules = []
+    for i, table in enumerate(raw):
+        where = f"forward[{i}]"
+        rule = _build(ForwardRule, table, where, base_dir)
+        if rule.to.strip() not in remotes:
+            known = ", ".join(sorted(remotes)) or "none"
+            raise ConfigError(f"{where}.to: {rule.to!r} is not under [remotes] (known: {known})")
+        if rule.modality is not None and not rule.modality.strip():
+            raise ConfigError(f"{where}.modality: expected a modality such as \"CT\", got ''")
+        if rule.calling_ae is not None:
+            _check_ae_title(rule.calling_ae, f"{where}.calling_ae")
+        rules.append(ForwardRule(rule.to.strip(), rule.modality.strip() if rule.modality else None,
+                                 rule.calling_ae.strip() if rule.calling_ae else None))
+    return tuple(rules)
 
 
 def _resolve_sqlite_url(url: str, base_dir: Path) -> str:

@@ -12,6 +12,7 @@ from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
 from db.catalogue import open_database
+from db.forwarding import ForwardQueue
 from db.writer import CatalogueWriter
 from node.config import Settings
 from node.errors import ConfigError
@@ -26,7 +27,10 @@ class Catalogue:
 
     def __init__(self, settings: Settings) -> None:
         self.db = open_database(settings.database.url, settings.data_dir)
-        self.writer = CatalogueWriter(self.db).start()
+        # [[forward]] rules: matching instances are queued in the commit that stores them
+        self.forward_queue = ForwardQueue(settings.forward) if settings.forward else None
+        hook = self.forward_queue.on_indexed if self.forward_queue else None
+        self.writer = CatalogueWriter(self.db, on_indexed=hook).start()
 
     def close(self) -> None:
         self.writer.stop()
@@ -48,6 +52,7 @@ class Node:
         self.server: Any = None
         self.retrieval: Any = None  # scu.runner.RetrieveRunner: retrieval jobs from the catalogue
         self.upload_sweeper: Any = None  # web.uploads_service.ExpirySweeper: abandoned uploads
+        self.forwarder: Any = None  # scu.forward.Forwarder: sends the forwarding queue on
 
     def open_store(self, clean_temp: bool = True) -> Ingestor:
         """Storage and catalogue without the network (import, reindex use this).
@@ -85,6 +90,11 @@ class Node:
         from scu.runner import RetrieveRunner
 
         self.retrieval = RetrieveRunner(self.settings, ingestor, self.dimse_address[1]).start()
+        if self.catalogue is not None and self.catalogue.forward_queue is not None:
+            from scu.forward import Forwarder
+
+            self.forwarder = Forwarder(self.settings, self.catalogue.writer,
+                                       self.catalogue.forward_queue.added, self.dimse_address[1]).start()
         if self.web:
             from web.server import WebServer
             from web.uploads_service import ExpirySweeper, UploadSessions
@@ -106,6 +116,9 @@ class Node:
     def stop(self, grace: float = 10.0) -> None:
         """Close the listener, let running associations finish (abort after ``grace`` s),
         then commit what is queued."""
+        if self.forwarder is not None:  # unsent rows stay queued for the next start
+            self.forwarder.stop(grace)
+            self.forwarder = None
         if self.retrieval is not None:  # first: its C-MOVEs still need the listener to finish
             self.retrieval.stop(grace)
             self.retrieval = None

@@ -50,6 +50,8 @@ export async function renderUpload(main, app) {
 
   function addFiles(entries) {
     summary.hidden = true;
+    // in folder order, as on the medium: a series arrives together and the list reads like the stick
+    entries.sort((a, b) => a.path.localeCompare(b.path, 'en', { numeric: true }));
     for (const { file, path } of entries) {
       const item = { file, path, state: 'waiting', sent: 0, message: '', header: null, session: null };
       item.row = fileRow(item);

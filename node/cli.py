@@ -25,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from db.catalogue import CatalogueError
 
     try:
-        settings = load_settings(args.config)
+        # push runs on a sending site: it needs no node configuration
+        settings = load_settings(args.config) if getattr(args, "needs_config", True) else None
         return args.run(settings, args)
     except (ConfigError, CatalogueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     from node.usercli import add_commands as add_user_commands
 
     add_user_commands(sub)
+
+    from node.push import add_commands as add_push_commands
+
+    add_push_commands(sub)
     return parser
 
 

@@ -324,6 +324,9 @@ def test_list_filters_by_status_and_order(up: Uploads, dicom: bytes) -> None:
         return {s["sessionId"] for s in answer.json()["sessions"]}
 
     assert ids("?status=synced") == {done["sessionId"]}
+    uid = up.get(done)["serverImageId"]
+    assert up.post(done, "acknowledge", {"serverImageId": uid}).status_code == 200
+    assert ids("?status=synced") == ids("?status=ack_received") == {done["sessionId"]}
     assert ids("?status=pending") == {waiting["sessionId"]}
     assert ids("?status=failed") == {bad["sessionId"]}
     assert ids("?orderId=O1") == {done["sessionId"], bad["sessionId"]}

@@ -45,10 +45,10 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # ?status= words: the client's view (pending, failed, synced) or any status by name
 STATUS_FILTERS: dict[str, tuple[str, ...]] = {
+    **{status.lower(): (status,) for status in db.STATUSES},
     "pending": db.PENDING,
     "failed": (db.FAILED,),
-    "synced": (db.SYNCED, db.ACK_RECEIVED),
-    **{status.lower(): (status,) for status in db.STATUSES},
+    "synced": (db.SYNCED, db.ACK_RECEIVED),  # stored, acknowledged or not
 }
 # service error -> (status, title); the first match in this order wins
 _PROBLEMS: tuple[tuple[type[Exception], int, str], ...] = (

@@ -147,10 +147,10 @@ class UploadSessions:
         with database.connection_context():
             for _ in range(2):
                 now = self.now()
-                record, created = db.create_session(
+                record, created = self._write(lambda: db.create_session(
                     session_id=str(uuid.uuid4()), owner=caller.username, file_name=new.file_name,
                     size=new.size, sha256=new.sha256, content_type=new.content_type,
-                    order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now))
+                    order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now)))
                 if created:
                     return record, True
                 if record.size != new.size:
@@ -186,8 +186,14 @@ class UploadSessions:
                                         f"image ({record.server_image_id})", record.status)
             if record.status == db.ACK_RECEIVED:
                 return record
-            return self._move(record, caller, expect=(db.SYNCED,), steps=(db.ACK_RECEIVED,),
-                              detail="the client confirmed the stored image", what="acknowledge")
+            try:
+                return self._move(record, caller, expect=(db.SYNCED,), steps=(db.ACK_RECEIVED,),
+                                  detail="the client confirmed the stored image", what="acknowledge")
+            except InvalidTransition:
+                current = self._reload(record)  # two clients of one file acknowledged at once
+                if current.status == db.ACK_RECEIVED and current.server_image_id == server_image_id:
+                    return current
+                raise
 
     def retry(self, caller: Caller, session_id: str) -> db.SessionRecord:
         """FAILED -> again. Sound kept bytes (the digest matched) are ingested again at once;
@@ -333,11 +339,11 @@ class UploadSessions:
                 return record  # bytes arrived meanwhile
             freed = part.size
             try:
-                record = db.move(record.session_id, expect=(record.status,), steps=(db.EXPIRED,),
-                                 username=SYSTEM_USER, now=now, expect_offset=record.upload_offset,
-                                 detail=f"no bytes for {self.limits.expire_after_seconds} s; "
-                                        f"{freed} bytes freed",
-                                 dedupe_key=None, expires_at=None)
+                record = self._write(lambda: db.move(
+                    record.session_id, expect=(record.status,), steps=(db.EXPIRED,), username=SYSTEM_USER,
+                    now=now, expect_offset=record.upload_offset,
+                    detail=f"no bytes for {self.limits.expire_after_seconds} s; {freed} bytes freed",
+                    dedupe_key=None, expires_at=None))
             except db.StaleSession as exc:  # pragma: no cover - changed under our lock: not ours
                 return exc.current
             part.remove()
@@ -362,11 +368,20 @@ class UploadSessions:
               steps: tuple[str, ...], detail: str, what: str, expect_offset: int | None = None,
               **changes: Any) -> db.SessionRecord:
         try:
-            return db.move(record.session_id, expect=expect, steps=steps, username=caller.username,
-                           detail=detail, now=self.now(), expect_offset=expect_offset, **changes)
+            now = self.now()
+            return self._write(lambda: db.move(record.session_id, expect=expect, steps=steps,
+                                               username=caller.username, detail=detail, now=now,
+                                               expect_offset=expect_offset, **changes))
         except db.StaleSession as exc:
             raise InvalidTransition(f"cannot {what}: the session is {exc.current.status}",
                                     exc.current.status) from None
+
+    def _write(self, work: Callable[[], Any]) -> Any:
+        """Catalogue writes go through the ingest path's writer thread when there is one: on
+        SQLite a second writing connection makes the writer's batches fail ("database is
+        locked": a read snapshot another commit made stale cannot become a write)."""
+        writer = getattr(self.ingestor, "writer", None)
+        return writer.run(work) if writer is not None else work()
 
     def _check_accepts(self, record: db.SessionRecord, offset: int, length: int) -> None:
         if record.status == db.EXPIRED:

@@ -23,7 +23,13 @@ from web.params import uid_param
 def service_url(request: Request) -> str:
     """The DICOMweb root as the client reached it (scheme, host and port of the request)."""
     root = context_of(request).settings.dicomweb.root.rstrip("/")
-    return str(request.base_url).rstrip("/") + root
+    base = request.base_url
+    server = request.scope.get("server")
+    # dicomweb-client sends "Host: 127.0.0.1" without the port; a client that reached the
+    # server's own address directly gets the port the server listens on back in its URLs
+    if server and base.port is None and base.hostname == server[0] and server[1] not in (80, 443):
+        base = base.replace(port=server[1])
+    return str(base).rstrip("/") + root
 
 
 def study_path(study: str) -> str:

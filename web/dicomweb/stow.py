@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from node.dicomfile import read_header
+from node.importer import as_part10
 from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
 from node.storage import TEMP_DIR
 from web.context import context_of
@@ -125,9 +126,10 @@ def _check_part_types(parts: list[Part]) -> None:
 
 def store_part(data: bytes, study: str | None, ingestor: Any) -> PartResult:
     """One part: identify it, check its study against the URL's, then ingest it."""
+    data = as_part10(data)  # pydicom's dcmwrite leaves out the preamble of a new dataset
     if len(data) < 132 or data[128:132] != b"DICM":
         return PartResult(None, None, None, None, CANNOT_UNDERSTAND,
-                          "not a DICOM PS3.10 file (no DICM prefix)")
+                          "not a DICOM PS3.10 file (no DICM prefix, no file meta)")
     try:
         header = read_header(data)
     except InvalidDataset as exc:

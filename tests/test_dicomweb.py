@@ -591,3 +591,12 @@ def test_capabilities_describe_the_service(web):
     caps = response.json()
     assert caps["root"].endswith(ROOT) and "/studies" in caps["qido-rs"]["resources"]
     assert caps["anonymousRead"] is False and "PatientName" in caps["qido-rs"]["keys"]["STUDY"]
+
+
+def test_frames_carry_a_strong_etag(web):
+    ds, _ = _multiframe(2)
+    web.ingest(ds)
+    first = web.get(f"{_instance_url(ds)}/frames/1")
+    again = web.get(f"{_instance_url(ds)}/frames/1", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert web.get(f"{_instance_url(ds)}/frames/2").headers["etag"] != first.headers["etag"]

@@ -5,6 +5,8 @@ Frames are read at the offsets recorded at ingest and sent as stored when the cl
 the stored syntax (``transfer-syntax=*``, or its media type such as ``image/jpeg``); with no
 syntax asked they are uncompressed little endian pixels (decoded only where a codec is
 installed, else 406). Rendered pictures are JPEG or PNG with ``window=`` and ``viewport=``.
+As on ``/api/``, reads of frames and pictures are not audited one by one (the retrieve and
+metadata reads of the study are).
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ from node.frames import (
     read_frame,
 )
 from node.render import RenderError, Window, encode_picture, parse_window, render_frame
-from web.caching import etag_for, immutable_response, is_fresh, not_modified
+from web.caching import cache_headers, etag_for, immutable_response, is_fresh, not_modified
 from web.context import context_of
 from web.dicomweb.accept import FRAME_MEDIA_TYPES, MULTIPART, OCTET_STREAM, UNCOMPRESSED, accepted
-from web.dicomweb.access import audit, require_read
+from web.dicomweb.access import require_read
 from web.dicomweb.errors import NotAcceptable
 from web.dicomweb.multipart import multipart_body, multipart_type, new_boundary
 from web.dicomweb.resources import absolute, named_files, named_instance, path_uids
@@ -107,13 +109,16 @@ def frame_plan(request: Request, inst: InstancePixels) -> tuple[bool, str, str, 
 
 def frames(request: Request) -> Response:
     """``.../instances/{sop}/frames/{list}``: one part per frame, in the order asked."""
-    who = require_read(request)
+    require_read(request)
     inst, path = named_instance(request)
     numbers = frame_numbers(request, inst)
     multipart, part_type, syntax, reader = frame_plan(request, inst)
     if not multipart and len(numbers) != 1:
         raise NotAcceptable("several frames need multipart/related (single part: one frame)")
-    audit(request, who, [inst.study_uid], "dicomweb-frames")
+    etag = etag_for(inst.sha256, "wf", "_".join(map(str, numbers)), part_type, syntax,
+                    "m" if multipart else "s")
+    if is_fresh(request, etag):
+        return not_modified(etag)
     try:
         bodies = [reader(path, inst, n) for n in numbers]
     except FileNotFoundError:
@@ -124,19 +129,19 @@ def frames(request: Request) -> Response:
         raise NotFound(str(exc)) from None
     content_type = f"{part_type}; transfer-syntax={syntax}"
     if not multipart:
-        return Response(bodies[0], media_type=content_type)
+        return Response(bodies[0], media_type=content_type, headers=cache_headers(etag))
     boundary = new_boundary()
     body = b"".join(multipart_body(boundary, ((content_type, [b]) for b in bodies)))
-    return Response(body, media_type=multipart_type(part_type, boundary, syntax))
+    return Response(body, media_type=multipart_type(part_type, boundary, syntax),
+                    headers=cache_headers(etag))
 
 
 def bulkdata(request: Request) -> Response:
     """``.../bulkdata/7FE00010`` (Pixel Data as stored, one frame a part) or another binary
     element by its tag path, as ``multipart/related; type="application/octet-stream"``."""
-    who = require_read(request)
+    require_read(request)
     inst, path = named_instance(request)
     tags = request.path_params["tags"].upper().split("/")
-    audit(request, who, [inst.study_uid], "dicomweb-bulkdata")
     if tags == ["7FE00010"]:
         if not inst.has_pixels:
             raise NotFound(f"instance {inst.sop_instance_uid} has no pixel data")
@@ -223,14 +228,13 @@ def quality_param(request: Request) -> int:
 
 def rendered(request: Request) -> Response:
     """``.../rendered`` (the first frame) or ``.../frames/{n}/rendered`` as JPEG or PNG."""
-    who = require_read(request)
+    require_read(request)
     inst, path = named_instance(request)
     n = frame_numbers(request, inst)[0] if "frames" in request.path_params else 1
     if not inst.has_pixels:
         raise NotFound(f"instance {inst.sop_instance_uid} has no pixel data")
     fmt = picture_format(request)
     size, window, quality = viewport_size(request), window_param(request), quality_param(request)
-    audit(request, who, [inst.study_uid], "dicomweb-rendered")
     return picture_response(request, path, inst, n, fmt, window, quality, size)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from db import dicomweb_lookups, lookups
+from db import dicomweb_lookups
 from db.dicomweb_lookups import InstanceFile
 from db.lookups import InstancePixels
 from db.models import database
@@ -76,11 +76,11 @@ def named_instance(request: Request) -> tuple[InstancePixels, Path]:
     """The one instance the path names, with its pixel layout, checked against the path."""
     study, series, sop = path_uids(request)
     assert sop is not None
-    with database.connection_context():
-        inst = lookups.instance_pixels(sop)
-    if inst is None or inst.study_uid != study or (series is not None and inst.series_uid != series):
+    cache = context_of(request).instances  # a viewer reads every frame: one look-up per instance
+    found = cache.get(sop) or cache.load(sop)
+    if found is None or found[0].study_uid != study or (series is not None and found[0].series_uid != series):
         raise NotFound(f"no instance {sop} is stored under this path")
-    return inst, absolute(request, inst.path)
+    return found
 
 
 def pixel_vr(inst: InstancePixels) -> str | None:

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
+from starlette.testclient import TestClient
 
 from db import accounts
 from db.admin import delete_series
 from db.catalogue import catalogue_stats
 from db.models import Instance, Patient, Series, Study, database
 from db.uploads import UploadSession
+from node.runtime import Node
 from tests.helpers import make_dataset, run_cli, write_config
-from tests.web_support import WebWorld, web  # noqa: F401 - fixture
+from web.app import create_app
+from tests.web_support import FakeClock, WebWorld, web  # noqa: F401 - fixture
 
 ADMIN = "boss"
 
@@ -246,3 +249,26 @@ def test_a_deleted_series_can_be_stored_again_through_the_same_writer(web):
     assert _counts(study) == (1, 2)
     assert all(p.exists() for p in _files(web, study))
     assert web.get(f"/api/pacs/studies/{study}/series/").json()["series"][0]["imageCount"] == 2
+
+
+@pytest.mark.parametrize("through_writer", [True, False], ids=["writer-thread", "own-connection"])
+def test_deletion_on_both_catalogues_with_and_without_the_ingest_writer(make_settings, database_url,
+                                                                        through_writer):
+    """As ``serve`` builds the app, deletion runs in the writer thread between ingest batches;
+    without an ingestor, on a connection of its own (row locks on PostgreSQL)."""
+    settings = make_settings(database={"url": database_url})
+    node = Node(settings)
+    ingestor = node.open_store()
+    try:
+        with TestClient(create_app(settings, ingestor=ingestor if through_writer else None)) as client:
+            world = WebWorld(settings, ingestor, client, FakeClock())
+            series_uid = generate_uid()
+            study = _study(world, "P1", {series_uid: ("CT", 3), generate_uid(): ("MR", 1)})
+            files = _files(world, study)
+            answer = client.delete(f"/api/pacs/studies/{study}/series/{series_uid}/", headers=_admin(world))
+            assert answer.status_code == 200 and answer.json()["filesRemoved"] == 3
+            assert sum(p.exists() for p in files) == 1
+            world.ingest(make_dataset(study_uid=study, series_uid=series_uid, patient_id="P1"))
+            assert _counts(study) == (2, 2)
+    finally:
+        node.stop()

@@ -123,11 +123,11 @@ def delete_series(request: Request) -> JSONResponse:
 
 def _deleted(request: Request, delete: Any) -> JSONResponse:
     ctx = context_of(request)
+    try:
+        deleted = _catalogue_write(ctx, lambda: delete(request.user.identity, client_address(request)))
+    except catalogue_admin.NothingToDelete as exc:
+        raise NotFound(str(exc)) from None
     with database.connection_context():
-        try:
-            deleted = delete(request.user.identity, client_address(request))
-        except catalogue_admin.NothingToDelete as exc:
-            raise NotFound(str(exc)) from None
         kept = catalogue_admin.still_referenced([f.path for f in deleted.files])
     removed = _remove_files(ctx, [f for f in deleted.files if f.path not in kept])
     log.info("%s deleted study %s series %s: %d instances, %d bytes, %d files removed",
@@ -137,6 +137,24 @@ def _deleted(request: Request, delete: Any) -> JSONResponse:
                          "instances": deleted.instances, "bytes": deleted.bytes,
                          "studyRemoved": deleted.study_removed, "patientRemoved": deleted.patient_removed,
                          "filesRemoved": removed})
+
+
+def _catalogue_write(ctx: WebContext, work: Any) -> Any:
+    """Run a deletion in the ingest writer's thread when the node has one: on SQLite a second
+    writing connection would make the writer's batches fail ("database is locked"), and the
+    writer's remembered series and study rows must be forgotten once rows are gone."""
+    writer = getattr(ctx.ingestor, "writer", None)
+    if writer is None:
+        with database.connection_context():
+            return work()
+
+    def in_writer_thread() -> Any:
+        try:
+            return work()
+        finally:
+            writer.cache.clear()
+
+    return writer.run(in_writer_thread)
 
 
 def _remove_files(ctx: WebContext, files: list[catalogue_admin.StoredFile]) -> int:

@@ -4,6 +4,7 @@ and for the batch, non-DICOM files are skipped with a message, and the new study
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,61 @@ def test_an_uploader_sends_a_folder_twice_and_cannot_open_the_study(page, node, 
     assert listed["studies"][0]["numberOfInstances"] == dicom  # nothing stored twice
     settled(page)
     screenshot(page, "upload-twice-uploader")
+
+
+DROP = """async files => {
+    // what a drop from the file manager hands the page: a DataTransfer holding File objects
+    const transfer = new DataTransfer();
+    for (const [name, b64] of files) {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        transfer.items.add(new File([bytes], name, { type: name.endsWith('.dcm') ? 'application/dicom' : '' }));
+    }
+    const zone = document.querySelector('[data-testid=upload-drop]');
+    for (const type of ['dragenter', 'dragover', 'drop'])
+        zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_dropped_files_a_failed_file_shows_its_error_and_a_retry_completes_it(page, node, tmp_path):
+    study = write_phantom_study(tmp_path / "drop", [SeriesSpec(1, "DROPPED", slices=3, size=64)],
+                                patient_name="DROP^FILES", patient_id="P-DROP-3")
+    broken = study.files[1].name
+    files = [(p.name, base64.b64encode(p.read_bytes()).decode()) for p in study.files]
+    files.append(("report.pdf", base64.b64encode(b"%PDF-1.4 not an image").decode()))
+    sessions: dict[str, str] = {}
+
+    def remember(response) -> None:  # noqa: ANN001 - playwright Response
+        if response.request.method == "POST" and response.url.endswith("/api/upload-sessions/"):
+            body = response.json()
+            sessions[body["sessionId"]] = body["fileName"]
+
+    def refuse(route) -> None:  # noqa: ANN001 - playwright Route
+        session_id = route.request.url.split("/api/upload-sessions/")[1].split("/")[0]
+        if sessions.get(session_id) == broken:
+            route.fulfill(status=400, content_type="application/problem+json",
+                          body='{"title":"Bad Request","status":400,"detail":"chunk refused by a test proxy"}')
+        else:
+            route.continue_()
+
+    page.on("response", remember)
+    sign_in(page, node.base_url, "admin")
+    page.get_by_test_id("nav-upload").click()
+    page.get_by_test_id("upload-drop").wait_for(timeout=10000)
+    page.route("**/api/upload-sessions/*/binary", lambda route: refuse(route) if route.request.method == "PATCH"
+               else route.continue_())
+    page.evaluate(DROP, files)
+    counts = page.get_by_test_id("upload-counts")
+    counts.filter(has_text="2 stored, 0 already on the server, 1 skipped, 1 failed.").wait_for(timeout=30000)
+    failed = page.locator(f"[data-testid=upload-file][data-path='{broken}']")
+    assert failed.get_attribute("data-state") == "failed"
+    assert "chunk refused by a test proxy" in failed.inner_text()
+    assert "skipped: not a DICOM file" in page.locator("[data-testid=upload-file][data-path='report.pdf']").inner_text()
+    settled(page)
+    screenshot(page, "upload-failed-file")
+
+    page.unroute("**/api/upload-sessions/*/binary")
+    failed.get_by_test_id("upload-retry").click()
+    counts.filter(has_text="3 stored, 0 already on the server, 1 skipped, 0 failed.").wait_for(timeout=30000)
+    assert failed.get_attribute("data-state") == "stored"
+    listed = http_json(node.base_url + "api/pacs/studies/?PatientID=P-DROP-3", token=node.token("admin"))[1]
+    assert listed["studies"][0]["numberOfInstances"] == 3

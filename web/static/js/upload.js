@@ -116,7 +116,9 @@ export async function renderUpload(main, app) {
     clear(summary);
     summary.hidden = false;
     const count = (s) => items.filter((i) => i.state === s).length;
-    summary.append(h('h2', {}, 'Upload finished'),
+    const failures = count('failed');
+    summary.classList.toggle('with-failures', failures > 0);
+    summary.append(h('h2', {}, failures ? `Upload finished: ${failures} file${failures > 1 ? 's' : ''} failed` : 'Upload finished'),
       h('p', { testid: 'upload-counts' }, `${count('stored')} stored, ${count('present')} already on the server, `
         + `${count('skipped')} skipped, ${count('failed')} failed.`));
     const studies = new Map();

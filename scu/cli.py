@@ -164,30 +164,62 @@ def _catalogue(settings: Settings):  # noqa: ANN202 - a peewee Database
 
 
 def _retrieve(settings: Settings, args: argparse.Namespace) -> int:
-    from scu.association import remote_named
-    from scu.errors import ScuError
-    from scu.find import parse_key
+    """Queue the job and follow it. pynetdicom is not imported here (the serving node does the
+    DIMSE work): it is most of this command's start-up time."""
     from scu.jobs import create_job
 
-    try:
-        remote = remote_named(settings, args.remote)
-        if args.study:
-            selection = [("StudyInstanceUID", "\\".join(args.study))]
-        elif args.patient:
-            selection = [("PatientID", args.patient)]
-        else:
+    remote = args.remote.strip()
+    if remote not in settings.remotes:
+        known = ", ".join(sorted(settings.remotes)) or "none"
+        return _fail(f"{remote} is not under [remotes] in the config (known: {known})")
+    if args.study:
+        selection = [("StudyInstanceUID", "\\".join(args.study))]
+    elif args.patient:
+        selection = [("PatientID", args.patient)]
+    else:
+        from scu.find import parse_key
+
+        try:
             selection = [parse_key(k) for k in args.key]
-    except (ValueError, ScuError) as exc:
-        return _fail(str(exc))
+        except ValueError as exc:
+            return _fail(str(exc))
     method = args.method or settings.retrieve.method
     db = _catalogue(settings)
     with db.connection_context():
-        job_id = create_job(remote.ae_title, method, selection, args.priority)
-    print(f"retrieval job {job_id}: C-{method.upper()} from {remote.ae_title}, "
+        job_id = create_job(remote, method, selection, args.priority)
+    print(f"retrieval job {job_id}: C-{method.upper()} from {remote}, "
           + " ".join(f"{k}={v}" for k, v in selection))
     if args.no_wait:
         return 0
     return _follow(db, job_id, not args.no_progress and sys.stderr.isatty())
+
+
+MAX_SERIES_BARS = 12  # more series than this: the first ones get bars, all count in the total
+
+
+class JobProgress:
+    """The live view of a job: a bar for the whole job, then one bar per series (instances
+    received of expected), the series being fetched first, as the node fetches them."""
+
+    def __init__(self, progress: Any) -> None:  # a rich.progress.Progress
+        self.progress = progress
+        self.total = progress.add_task("waiting for the serving node", total=None)
+        self.series: dict[str, Any] = {}
+
+    def update(self, view: Any, series: list[Any]) -> None:  # scu.jobs.JobView, [SeriesProgress]
+        if not view.planned:
+            if view.state == "queued":
+                self.progress.update(self.total, description=f"querying {view.remote}")
+            return
+        self.progress.update(self.total, total=view.expected, completed=sum(s.received for s in series),
+                             description=f"{view.remote}: {view.series_done}/{view.series} series")
+        for s in series[:MAX_SERIES_BARS]:
+            label = f"  series {s.series_number if s.series_number is not None else s.rank + 1}" \
+                    f" {s.modality or ''} ...{s.series_uid[-8:]}" + (" failed" if s.state == "failed" else "")
+            if s.series_uid not in self.series:
+                self.series[s.series_uid] = self.progress.add_task(label, total=s.expected or None)
+            self.progress.update(self.series[s.series_uid], description=label, total=s.expected or None,
+                                 completed=s.received)
 
 
 def _follow(db, job_id: int, show_progress: bool) -> int:  # noqa: ANN001
@@ -196,16 +228,18 @@ def _follow(db, job_id: int, show_progress: bool) -> int:  # noqa: ANN001
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scu.jobs import get_job
+    from scu.jobs import get_job, job_outcome, series_progress
 
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), disable=not show_progress) as progress:
-        task = progress.add_task("waiting for the serving node", total=None)
+        bars = JobProgress(progress)
         while True:
             with db.connection_context():
                 view = get_job(job_id)
+                series = series_progress(job_id) if view is not None and view.planned else []
             assert view is not None
+            bars.update(view, series)
             if view.finished:
                 break
             if view.state == "queued" and time.monotonic() - started > 5 and not _owned(db, job_id):
@@ -213,13 +247,10 @@ def _follow(db, job_id: int, show_progress: bool) -> int:  # noqa: ANN001
                       "it starts when one does. Follow it with `python -m node jobs show "
                       f"{job_id}`.", file=sys.stderr)
                 return 0
-            if view.planned:
-                progress.update(task, description=f"{view.remote}: {view.series_done}/{view.series} series",
-                                total=view.expected, completed=view.received)
-            elif view.state == "queued":
-                progress.update(task, description=f"querying {view.remote}")
             time.sleep(0.3)
-    _print_summary(view, time.monotonic() - started)
+    with db.connection_context():
+        outcome = job_outcome(job_id)
+    _print_summary(view, time.monotonic() - started, outcome)
     return 0 if view.state == "completed" else 1
 
 
@@ -230,10 +261,12 @@ def _owned(db, job_id: int) -> bool:  # noqa: ANN001
         return RetrieveJob.get_by_id(job_id).owner is not None
 
 
-def _print_summary(view, seconds: float | None = None) -> None:  # noqa: ANN001 - scu.jobs.JobView
+def _print_summary(view, seconds: float | None = None, outcome=None) -> None:  # noqa: ANN001 - scu.jobs
     took = f" in {seconds:.1f} s" if seconds is not None else ""
     print(f"job {view.id} {view.state}{took}: {view.received} of {view.expected} instances, "
           f"{view.series_done} of {view.series} series from {view.remote} (C-{view.method.upper()})")
+    if outcome is not None:
+        print(f"fetched: {outcome.fetched}, already present: {outcome.present}, failed: {outcome.failed}")
     if view.failed or view.series_failed:
         print(f"failed: {view.series_failed} series, {view.failed} sub-operations")
     if view.last_error and view.state != "completed":
@@ -241,7 +274,7 @@ def _print_summary(view, seconds: float | None = None) -> None:  # noqa: ANN001 
 
 
 def _jobs(settings: Settings, args: argparse.Namespace) -> int:
-    from scu.jobs import get_job, list_jobs, request_cancel, series_rows
+    from scu.jobs import get_job, job_outcome, list_jobs, request_cancel, series_rows
 
     db = _catalogue(settings)
     with db.connection_context():
@@ -265,6 +298,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         if view is None:
             return _fail(f"no retrieval job {args.id}", 1)
         series = series_rows(args.id)
+        outcome = job_outcome(args.id) if view.finished else None
     if args.json:
         print(json.dumps({**view.as_json(), "series_detail": series}, indent=1, default=str))
         return 0
@@ -272,7 +306,7 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
         print(f"job {view.id}: {view.state}" + (" (cancel requested; it stops after the current "
                                                  "sub-operation)" if not view.finished else ""))
         return 0
-    _print_summary(view)
+    _print_summary(view, outcome=outcome)
     columns = ["rank", "series_uid", "modality", "state", "expected", "received", "failed",
                "attempts", "last_error"]
     _print_table([{c: "" if r[c] is None else str(r[c]) for c in columns} for r in series], columns,

@@ -143,6 +143,70 @@ def series_rows(job_id: int) -> list[dict[str, Any]]:
     return list(query.dicts())
 
 
+@dataclass(frozen=True)
+class SeriesProgress:
+    """One series of a job as the progress bar shows it: received so far of expected."""
+
+    rank: int
+    series_uid: str
+    modality: str | None
+    series_number: int | None
+    state: str
+    expected: int
+    received: int
+
+
+def series_progress(job_id: int) -> list[SeriesProgress]:
+    """Per series in fetch order; a pending series counts what the catalogue holds now (read
+    from the series' instance count, so nothing is written while instances arrive)."""
+    rows = list(RetrieveSeries.select().where(RetrieveSeries.job == job_id).order_by(RetrieveSeries.rank))
+    pending = [r.series_uid for r in rows if r.state == "pending"]
+    held = dict(Series.select(Series.series_uid, Series.num_instances)
+                .where(Series.series_uid.in_(pending or [""])).tuples())
+    out = []
+    for r in rows:
+        received = r.received
+        if r.state == "pending":
+            live = held.get(r.series_uid, 0)
+            received = max(received, min(live, r.expected) if r.expected else live)
+        out.append(SeriesProgress(r.rank, r.series_uid, r.modality, r.series_number, r.state,
+                                  r.expected, received))
+    return out
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a job did, for its summary: fetched by it, already here before it, and missing."""
+
+    fetched: int
+    present: int
+    failed: int
+
+
+def job_outcome(job_id: int) -> JobOutcome:
+    """Counted from the catalogue: an instance of the job's series stored before its plan was
+    saved (``started_at``) was already present; the rest of what arrived was fetched; what
+    the remote listed and is still not here failed (the job has no column of its own for
+    this, and needs none: the instance rows carry their arrival time)."""
+    job = RetrieveJob.get_by_id(job_id)
+    present = received = failed = 0
+    for row in RetrieveSeries.select().where(RetrieveSeries.job == job_id):
+        received += row.received
+        failed += max(0, row.expected - row.received)
+        if job.started_at is None:
+            continue
+        uids = instance_uids_of(row)
+        if uids is None:
+            present += (Instance.select().join(Series).where(
+                (Series.series_uid == row.series_uid) & (Instance.received_at < job.started_at)).count())
+            continue
+        for start in range(0, len(uids), _CHUNK):
+            present += Instance.select().where(Instance.sop_instance_uid.in_(uids[start:start + _CHUNK])
+                                               & (Instance.received_at < job.started_at)).count()
+    present = min(present, received)
+    return JobOutcome(fetched=received - present, present=present, failed=failed)
+
+
 def request_cancel(job_id: int) -> JobView | None:
     """Ask for a stop; a job no process runs yet is cancelled at once. (Single statements,
     not a read-then-write transaction, which SQLite refuses while the writer commits.)"""

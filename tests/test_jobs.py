@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -55,9 +56,9 @@ class ScriptedArchive:
     def matching(self, identifier: Dataset) -> list[Dataset]:
         found = self.datasets
         for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            wanted = str(identifier.get(keyword, "") or "")
-            if wanted:
-                values = set(wanted.split("\\"))
+            value = identifier.get(keyword, "") or ""
+            values = {str(v) for v in value} if isinstance(value, MultiValue) else {str(value)} - {""}
+            if values:  # a UID list arrives as a MultiValue, a single UID as a string
                 found = [ds for ds in found if str(ds.get(keyword)) in values]
         return found
 

@@ -272,3 +272,22 @@ def test_direct_find_response_matches_pynetdicom():
         assert data == (identifier or b"")
     rsp.ErrorComment = "why"
     assert fastpath._plain_find_response(rsp) is None
+
+
+def test_supported_contexts_copy_like_deepcopy_and_stay_independent() -> None:
+    """Each association gets its own contexts, equal to what deepcopy would give."""
+    import copy
+
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+
+    from scp.fastpath import SupportedContexts
+
+    ae = AE()
+    for context in AllStoragePresentationContexts[:20]:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES[:13], scp_role=True)
+    original = ae.supported_contexts
+    deep, cheap = copy.deepcopy(original), copy.deepcopy(SupportedContexts(original))
+    assert [vars(c) for c in cheap] == [vars(c) for c in deep]
+    cheap[0].transfer_syntax.pop()
+    cheap[0].context_id = 5
+    assert vars(original[0]) == vars(deep[0])

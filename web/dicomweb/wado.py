@@ -11,7 +11,7 @@ use), so a 250-instance series costs 250 small file reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -85,24 +85,26 @@ def metadata(request: Request) -> Response:
     audit(request, who, [files[0].study_uid], "dicomweb-metadata")
     cache_dir = context_of(request).data_dir / "cache" / "dicomweb"
     base = service_url(request)
-    paths = [absolute(request, f.path) for f in files]
-    return StreamingResponse(_metadata_chunks(files, paths, cache_dir, base), media_type=DICOM_JSON)
+    def path_of(f: InstanceFile) -> Path:  # resolved only when the cache lacks the instance
+        return absolute(request, f.path)
+
+    return StreamingResponse(_metadata_chunks(files, path_of, cache_dir, base), media_type=DICOM_JSON)
 
 
-def _metadata_chunks(files: list[InstanceFile], paths: list[Path], cache_dir: Path,
-                     base: str) -> Iterator[str]:
+def _metadata_chunks(files: list[InstanceFile], path_of: Callable[[InstanceFile], Path],
+                     cache_dir: Path, base: str) -> Iterator[str]:
     yield "["
     for start in range(0, len(files), _METADATA_BATCH):
-        texts = [instance_json(f, p, cache_dir) for f, p in
-                 zip(files[start:start + _METADATA_BATCH], paths[start:start + _METADATA_BATCH])]
+        texts = [instance_json(f, path_of, cache_dir) for f in files[start:start + _METADATA_BATCH]]
         yield ("," if start else "") + dicomjson.with_base(",".join(texts), base)
     yield "]"
 
 
-def instance_json(f: InstanceFile, path: Path, cache_dir: Path) -> str:
+def instance_json(f: InstanceFile, path_of: Callable[[InstanceFile], Path], cache_dir: Path) -> str:
     """One instance's cached metadata text (base URL still a placeholder)."""
 
     def build() -> str:
+        path = path_of(f)
         with database.connection_context():
             inst = lookups.instance_pixels(f.sop_instance_uid)
         vr = pixel_vr(inst) if inst is not None else None

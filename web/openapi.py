@@ -187,4 +187,10 @@ def build_document() -> dict[str, Any]:
 
 @requires(["authenticated"])
 async def openapi_document(request: Request) -> JSONResponse:
-    return JSONResponse(build_document())
+    document = build_document()
+    # DICOMweb is specified by PS3.18, not here: its mount, whose GET {root}/ lists its resources
+    root = request.app.state.ctx.settings.dicomweb.root.rstrip("/")
+    document["paths"][root] = _get("DICOMweb (PS3.18: QIDO-RS, WADO-RS, STOW-RS, WADO-URI); "
+                                   f"GET {root}/ describes what is served", _json({"type": "object"}),
+                                   public=True)
+    return JSONResponse(document)

@@ -600,3 +600,40 @@ def test_frames_carry_a_strong_etag(web):
     again = web.get(f"{_instance_url(ds)}/frames/1", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert web.get(f"{_instance_url(ds)}/frames/2").headers["etag"] != first.headers["etag"]
+
+
+def test_bulk_data_uris_of_other_elements_read_back(web):
+    from pydicom.dataset import Dataset
+
+    ds = make_dataset()
+    ds.add_new(0x00091010, "OB", bytes(range(256)) * 8)  # 2 KiB: a BulkDataURI
+    ds.add_new(0x00090010, "LO", "ACME")
+    item = Dataset()
+    item.add_new(0x00091010, "OB", b"\x07" * 1500)
+    item.add_new(0x00090010, "LO", "ACME")
+    ds.add_new(0x00091011, "SQ", [item])
+    web.ingest(ds)
+    [meta] = web.get(f"{_instance_url(ds)}/metadata").json()
+    top = meta["00091010"]["BulkDataURI"]
+    nested = meta["00091011"]["Value"][0]["00091010"]["BulkDataURI"]
+    assert nested.endswith("/bulkdata/00091011/0/00091010")
+    [(head, data)] = _parts(web.get(top[top.index(ROOT):]))
+    assert head.startswith(b"Content-Type: application/octet-stream") and data == bytes(range(256)) * 8
+    [(_, data)] = _parts(web.get(nested[nested.index(ROOT):]))
+    assert data == b"\x07" * 1500
+    assert web.get(f"{_instance_url(ds)}/bulkdata/00100010").status_code == 404  # not binary
+    assert web.get(f"{_instance_url(ds)}/bulkdata/00091099").status_code == 404
+
+
+def test_single_part_instance_and_frame(web):
+    ds, pixels = _multiframe(2)
+    web.ingest(ds)
+    one = web.get(_instance_url(ds), headers={"Accept": "application/dicom"})
+    assert one.status_code == 200 and one.headers["content-type"].startswith("application/dicom")
+    assert one.content == _stored_file(web, ds.SOPInstanceUID)
+    frame = web.get(f"{_instance_url(ds)}/frames/2", headers={"Accept": "application/octet-stream"})
+    assert frame.content == pixels[1].tobytes()
+    assert web.get(f"{_instance_url(ds)}/frames/1,2",
+                   headers={"Accept": "application/octet-stream"}).status_code == 406
+    study = web.get(f"{ROOT}/studies/{ds.StudyInstanceUID}", headers={"Accept": "application/dicom"})
+    assert study.status_code == 200  # one instance in the study: a single part will do

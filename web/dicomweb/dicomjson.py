@@ -25,7 +25,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 BULK_THRESHOLD = 1024  # bytes of a binary value inlined at most
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 NUMBER_VRS = frozenset({"IS", "DS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"})
 # json.dumps writes the placeholder's NULs escaped; the escaped form is what is replaced
@@ -108,7 +108,8 @@ def dataset_json(ds: Dataset, instance_path: str, prefix: tuple[str, ...] = ()) 
             continue
         vr = _vr_of(raw)
         path = [*prefix, key]
-        if vr in BINARY_VRS and (raw.length or 0) > BULK_THRESHOLD:
+        length = raw.length if isinstance(raw, RawDataElement) else 0  # items hold parsed ones
+        if vr in BINARY_VRS and (length or 0) > BULK_THRESHOLD:
             out[key] = {"vr": vr, "BulkDataURI": bulk_path(instance_path, path)}
             continue
         elem = ds[tag]

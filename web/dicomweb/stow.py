@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from node.dicomfile import read_header
@@ -34,7 +34,7 @@ from web.dicomweb.accept import DICOM, DICOM_JSON, MULTIPART
 from web.dicomweb.access import audit, require_upload
 from web.dicomweb.multipart import Part, check_boundary, content_type_params, split_parts
 from web.dicomweb.resources import instance_path, service_url, study_path
-from web.errors import PayloadTooLarge, Problem, UnsupportedMedia
+from web.errors import BadRequest, PayloadTooLarge, Problem, UnsupportedMedia
 from web.params import uid_param
 
 PROCESSING_FAILURE = 0x0110
@@ -76,14 +76,21 @@ async def store(request: Request) -> Response:
     temp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=temp_dir, prefix="stow-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as spool:
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"the request body exceeds dicomweb.max_stow_bytes "
-                                          f"({limit} bytes); nothing was stored")
-                spool.write(chunk)
+        try:
+            with os.fdopen(fd, "wb") as spool:
+                size = 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"the request body exceeds dicomweb.max_stow_bytes "
+                                              f"({limit} bytes); nothing was stored")
+                    spool.write(chunk)
+        except ClientDisconnect:
+            raise BadRequest("the client went away before the body was complete; nothing was "
+                             "stored") from None
+        except OSError as exc:  # the disk is full (or failing): nothing was stored
+            raise NotStoring(f"cannot receive the request body: {exc.strerror}; nothing was "
+                             "stored", {"Retry-After": "60"}) from None
         results = await run_in_threadpool(store_body, Path(name), boundary, study, ctx.ingestor)
     finally:
         os.unlink(name)

@@ -127,7 +127,7 @@ def test_a_folder_upload_shows_progress_skips_non_dicom_and_opens_the_new_study(
     big = seen["files"]["STICK/DICOM/ST000001/s01_0000.dcm"]
     partway = [float(s["width"].rstrip("%")) for s in big if s["state"] == "sending"]
     assert any(0 < w < 100 for w in partway), big  # the bar moved after the first chunk
-    assert len(patches) == 3 * 2 + 4  # two chunks per 512 x 512 slice, one per scout image
+    assert len(patches) >= 3 * 2 + 4  # two chunks per 512 x 512 slice, one per scout (more on a retry)
 
     # the batch bar: bytes only grow, pass through values in between, end at the total
     batch = seen["batch"]

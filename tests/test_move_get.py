@@ -236,3 +236,32 @@ def test_get_decompresses_for_a_requestor_taking_explicit_only(move_setup) -> No
         assert sent.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert (sent.pixel_array == ds.pixel_array).all()
     assert refused[-1][0].Status == 0xA900  # SERIES level without a SeriesInstanceUID
+
+
+@pytest.mark.parametrize("move_setup", [True, False], ids=["fast-path", "stock-pynetdicom"],
+                         indirect=True)
+def test_accepted_syntax_is_sent_from_the_stored_file(move_setup, tmp_path: Path, monkeypatch) -> None:
+    """A peer that takes the stored syntax gets the file's bytes by path: no dataset is read
+    and re-encoded (scp.retrieve.StoredFile), by C-MOVE and by C-GET alike."""
+    import scp.retrieve as retrieve_scp
+
+    node, scp = move_setup
+    read = []
+    decode = retrieve_scp.dataset_to_send
+    monkeypatch.setattr(retrieve_scp, "dataset_to_send", lambda *args: read.append(args) or decode(*args))
+    a = load_series(node, 3)
+    moved = dcmtk("movescu", node, "-S", "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
+                  "-k", f"StudyInstanceUID={a[0].StudyInstanceUID}")
+    assert "Received Final Move Response (Success)" in moved.stderr, moved.stderr
+    out = tmp_path / "got"
+    out.mkdir()
+    got = dcmtk("getscu", node, "-S", "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                "-k", f"StudyInstanceUID={a[0].StudyInstanceUID}")
+    assert "Number of Completed Suboperations : 3" in got.stderr, got.stderr
+    assert not read
+    received = [*scp.received().items(),
+                *((str(dcmread(p, stop_before_pixels=True).SOPInstanceUID), p.read_bytes())
+                  for p in out.iterdir())]
+    assert len(received) == 6
+    for uid, data in received:
+        assert dataset_bytes(data) == dataset_bytes(stored_bytes(node, uid))

@@ -27,101 +27,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-import httpx
-
+from node.push_http import Api, Refused, Transient, Unreachable, detail_of
 from node.push_queue import DONE, FAILED, QUEUED, SENDING, Item, Outbox
+
+if TYPE_CHECKING:
+    import httpx
 
 EX_TEMPFAIL = 75
 SESSIONS = "api/upload-sessions/"
 TUS = {"Tus-Resumable": "1.0.0"}
 DEFAULT_CHUNK = 8 << 20
+COPY_BATCH = 25  # files copied into the outbox (one commit) before they start to go
 # FAILED codes worth a retry: the bytes went wrong on the way, not the file itself
 RETRYABLE_FAILURES = {"CHECKSUM_MISMATCH"}
-
-
-class Transient(Exception):
-    """Try again later: the server is unreachable, busy, or out of space for now."""
-
-
-class Unreachable(Transient):
-    """No connection to the server at all."""
-
-
-class Refused(Exception):
-    """The server will not take this file (or these credentials); retrying will not help."""
-
-
-class Api:
-    """Authenticated requests to one node; renews the access token on 401 (threads share it)."""
-
-    def __init__(self, server: str, username: str, password: str, connections: int,
-                 timeout: float = 60.0) -> None:
-        self.server = server.rstrip("/") + "/"
-        self._credentials = (username, password)
-        self._lock = threading.Lock()
-        self._access: str | None = None
-        self._refresh: str | None = None
-        self.http = httpx.Client(base_url=self.server, timeout=httpx.Timeout(timeout, connect=5.0),
-                                 limits=httpx.Limits(max_connections=connections,
-                                                     max_keepalive_connections=connections))
-
-    def close(self) -> None:
-        self.http.close()
-
-    def login(self) -> None:
-        username, password = self._credentials
-        self._take_tokens(self._post_token("api/token/", {"username": username, "password": password}))
-
-    def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request; 5xx and 429 are Transient, a dropped connection is Unreachable."""
-        headers = kwargs.pop("headers", {})
-        for attempt in range(2):
-            token = self._access
-            try:
-                response = self.http.request(method, url, headers={**headers, "Authorization": f"Bearer {token}"},
-                                             **kwargs)
-            except httpx.TransportError as exc:
-                raise Unreachable(f"{self.server}: {exc or type(exc).__name__}") from None
-            if response.status_code == 401 and attempt == 0:
-                self._renew(token)
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                raise Transient(f"{method} {url}: {response.status_code} {_detail(response)}")
-            return response
-        raise Refused(f"the server refuses these credentials: {_detail(response)}")
-
-    def _renew(self, stale: str | None) -> None:
-        with self._lock:
-            if self._access != stale:
-                return  # another thread renewed it meanwhile
-            try:
-                self._take_tokens(self._post_token("api/token/refresh/", {"refresh": self._refresh}))
-            except Refused:
-                self.login()
-
-    def _post_token(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self.http.post(url, json=body)
-        except httpx.TransportError as exc:
-            raise Unreachable(f"{self.server}: {exc or type(exc).__name__}") from None
-        if response.status_code == 200:
-            return response.json()
-        if response.status_code == 429 or response.status_code >= 500:
-            raise Transient(f"login: {response.status_code} {_detail(response)}")
-        raise Refused(f"login refused: {_detail(response)}")
-
-    def _take_tokens(self, pair: dict[str, Any]) -> None:
-        self._access, self._refresh = pair["access"], pair["refresh"]
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("detail") or body.get("title") or response.reason_phrase)
-    except ValueError:
-        return response.reason_phrase
 
 
 @dataclass
@@ -185,7 +105,7 @@ class Delivery:
             elif status == "FAILED" and session.get("errorCode") in RETRYABLE_FAILURES:
                 response = self.api.call("POST", f"{base}/retry")
                 if response.status_code == 409:
-                    return self._fail(item, f"{session['errorCode']}: retries exhausted ({_detail(response)})")
+                    return self._fail(item, f"{session['errorCode']}: retries exhausted ({detail_of(response)})")
                 session = self._json(response, item)
             elif status == "FAILED":
                 return self._fail(item, f"{session.get('errorCode')}: {session.get('errorMessage')}")
@@ -223,29 +143,31 @@ class Delivery:
                 elif response.status_code in (409, 410):
                     break  # the session moved on (or expired): ask for its state
                 else:
-                    raise Refused(f"{response.status_code} {_detail(response)}")
+                    raise Refused(f"{response.status_code} {detail_of(response)}")
         return self._json(self.api.call("GET", f"{SESSIONS}{session['sessionId']}"), item)
 
-    def _json(self, response: httpx.Response, item: Item) -> dict[str, Any]:
+    def _json(self, response: "httpx.Response", item: Item) -> dict[str, Any]:
         if response.status_code in (200, 201):
             return response.json()
         raise Refused(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                      f"{_detail(response)}")
+                      f"{detail_of(response)}")
 
     def _fail(self, item: Item, reason: str) -> Item:
         return self.outbox.update(item, status=FAILED, last_error=reason)
 
 
-def drain(outbox: Outbox, api: Api, items: list[Item], *, parallel: int, chunk_size: int,
+def drain(outbox: Outbox, api: Api, batches: Iterable[list[Item]], *, parallel: int, chunk_size: int,
           max_attempts: int, base_delay: float, show_progress: bool, summary: Summary) -> None:
-    """Deliver ``items`` with ``parallel`` in flight; each retried with exponential backoff
-    (jittered), and all of them left queued once the server stays unreachable."""
+    """Deliver the items of ``batches`` (sent as soon as each batch is queued, while the next
+    is copied in) with ``parallel`` in flight; each retried with exponential backoff (jittered),
+    and all of them left queued once the server stays unreachable."""
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), disable=not show_progress, transient=False)
-    overall = progress.add_task(f"{len(items)} file(s)", total=sum(i.size for i in items))
+    overall = progress.add_task("0 file(s)", total=0)
+    files = total = 0
     tasks: dict[str, Any] = {}
     sent: dict[str, int] = {}
     lock = threading.Lock()
@@ -296,7 +218,12 @@ def drain(outbox: Outbox, api: Api, items: list[Item], *, parallel: int, chunk_s
             progress.remove_task(tasks.pop(item.item_id))
 
     with progress, ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="push") as pool:
-        for future in [pool.submit(one, item) for item in items]:
+        futures = []
+        for batch in batches:
+            files, total = files + len(batch), total + sum(item.size for item in batch)
+            progress.update(overall, description=f"{files} file(s)", total=total)
+            futures += [pool.submit(one, item) for item in batch]
+        for future in futures:
             future.result()
 
 
@@ -347,23 +274,37 @@ def push(args: argparse.Namespace) -> int:
     dicom = [f for f in files if _is_dicom_file(f)]
     summary.skipped = [str(f) for f in files if f not in set(dicom)]
     outbox = Outbox(Path(args.outbox).expanduser())
+    added: list[Item] = []
     try:
-        added, summary.repeats = outbox.add(dicom, server, args.order_id)
-        pending = outbox.pending(server)
-        credentials = _credentials() if pending else ("", "")
-        if credentials is None:
-            print("error: set PACSNODE_USER and PACSNODE_PASSWORD, or run on a terminal to be asked",
-                  file=sys.stderr)
-            return 2
-        api = Api(server, *credentials, connections=args.parallel + 1)
+        earlier = outbox.pending(server)
+        credentials = _credentials() if earlier or dicom else ("", "")
+        api = Api(server, *(credentials or ("", "")), connections=args.parallel + 1)
         try:
-            if pending and not _log_in(api, args.max_attempts, args.retry_delay, summary, pending):
-                print(f"error: {summary.left[0][1]}" if not summary.left else
-                      f"server unreachable: {summary.left[0][1]}", file=sys.stderr)
-                if not summary.left:
+            problem = "" if not (earlier or dicom) else \
+                "no credentials" if credentials is None else _log_in(api, args.max_attempts, args.retry_delay)
+
+            def batches() -> Iterator[list[Item]]:
+                """The outbox's earlier items, then the new files, copied in by COPY_BATCH."""
+                yield earlier
+                for start in range(0, len(dicom), COPY_BATCH):
+                    items, repeats = outbox.add(dicom[start:start + COPY_BATCH], server, args.order_id)
+                    added.extend(items)
+                    summary.repeats += repeats
+                    yield items
+
+            if problem:
+                for _ in batches():  # offline first: every file is in the outbox before we stop
+                    pass
+                if credentials is None:
+                    print("error: set PACSNODE_USER and PACSNODE_PASSWORD, or run on a terminal to be "
+                          "asked", file=sys.stderr)
                     return 2
-            elif pending:
-                drain(outbox, api, pending, parallel=args.parallel, chunk_size=args.chunk_size,
+                if problem.startswith("refused"):
+                    print(f"error: {problem}", file=sys.stderr)
+                    return 2
+                summary.left = [(item.source, problem) for item in outbox.pending(server)]
+            else:
+                drain(outbox, api, batches(), parallel=args.parallel, chunk_size=args.chunk_size,
                       max_attempts=args.max_attempts, base_delay=args.retry_delay,
                       show_progress=not args.no_progress and sys.stderr.isatty(), summary=summary)
         finally:
@@ -374,21 +315,20 @@ def push(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _log_in(api: Api, attempts: int, delay: float, summary: Summary, pending: list[Item]) -> bool:
-    """Log in with backoff; False leaves every pending item queued (or the credentials were refused)."""
+def _log_in(api: Api, attempts: int, delay: float) -> str:
+    """Log in with backoff: "" when in, else why not ("refused: ..." or the unreachable server)."""
+    reason = ""
     for attempt in range(1, attempts + 1):
         try:
             api.login()
-            return True
+            return ""
         except Refused as exc:
-            summary.failed.append(("credentials", str(exc)))
-            return False
+            return f"refused: {exc}"
         except Transient as exc:
-            reason = str(exc)
+            reason = f"server unreachable: {exc}"
             if attempt < attempts:
                 time.sleep(min(30.0, delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
-    summary.left.extend((item.source, reason) for item in pending)
-    return False
+    return reason
 
 
 def _print_summary(summary: Summary, added: int, server: str) -> None:

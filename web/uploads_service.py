@@ -39,6 +39,7 @@ from db.accounts import utcnow
 from db.models import database
 from node.config import UploadSettings
 from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
+from web.uploads_commit import GroupWriter
 from web.uploads_parts import Part, PartFiles
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,8 @@ class UploadSessions:
         self.parts = PartFiles(data_dir / "uploads")
         self.ingestor = ingestor  # node.ingest.Ingestor
         self.now = clock
+        writer = getattr(ingestor, "writer", None)
+        self._group = GroupWriter(writer.run) if writer is not None else None
 
     # --- the JSON resource ------------------------------------------------------------------
 
@@ -377,11 +380,9 @@ class UploadSessions:
                                     exc.current.status) from None
 
     def _write(self, work: Callable[[], Any]) -> Any:
-        """Catalogue writes go through the ingest path's writer thread when there is one: on
-        SQLite a second writing connection makes the writer's batches fail ("database is
-        locked": a read snapshot another commit made stale cannot become a write)."""
-        writer = getattr(self.ingestor, "writer", None)
-        return writer.run(work) if writer is not None else work()
+        """Catalogue writes go through the ingest path's writer thread when there is one, in
+        group commits (web.uploads_commit); a read-only server writes directly."""
+        return self._group.write(work) if self._group is not None else work()
 
     def _check_accepts(self, record: db.SessionRecord, offset: int, length: int) -> None:
         if record.status == db.EXPIRED:

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test bench system-deps clean
+.PHONY: serve test bench system-deps ohif clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ serve: $(STAMP)
 system-deps:
 	./scripts/install-system-deps.sh
 
-test: $(STAMP) system-deps
+# the stock OHIF viewer for tests/test_dicomweb_ohif.py (needs npm; without it that test skips)
+ohif:
+	-./scripts/fetch-ohif.sh
+
+test: $(STAMP) system-deps ohif
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system-deps

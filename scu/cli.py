@@ -195,6 +195,7 @@ def _retrieve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 MAX_SERIES_BARS = 12  # more series than this: the first ones get bars, all count in the total
+FOLLOW_INTERVAL = 0.1  # seconds between looks at the job (reads only): the summary follows its end at once
 
 
 class JobProgress:
@@ -247,7 +248,7 @@ def _follow(db, job_id: int, show_progress: bool) -> int:  # noqa: ANN001
                       "it starts when one does. Follow it with `python -m node jobs show "
                       f"{job_id}`.", file=sys.stderr)
                 return 0
-            time.sleep(0.3)
+            time.sleep(FOLLOW_INTERVAL)
     with db.connection_context():
         outcome = job_outcome(job_id)
     _print_summary(view, time.monotonic() - started, outcome)

@@ -13,6 +13,8 @@ from starlette.authentication import requires
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from web import uploads_openapi
+
 _UID = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)*$", "maxLength": 64}
 _PROBLEM = {"description": "Problem details (RFC 9457)",
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -178,8 +180,8 @@ def build_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "PACSNODE HTTP API", "version": "1"},
-        "paths": paths,
-        "components": {"schemas": SCHEMAS, "securitySchemes": {
+        "paths": {**paths, **uploads_openapi.paths()},
+        "components": {"schemas": {**SCHEMAS, **uploads_openapi.SCHEMAS}, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
         "security": [{"bearer": []}],
     }

@@ -30,9 +30,10 @@ from bench.scenario import Scenario, Summary, print_table, run_scenario  # noqa:
 
 def all_scenarios() -> list[Scenario]:
     """Every measurement, in table order."""
-    from bench import ingest, query, retrieve, uploads, web
+    from bench import dicomweb, ingest, query, retrieve, uploads, web
 
-    return [*ingest.SCENARIOS, *query.SCENARIOS, *retrieve.SCENARIOS, *web.SCENARIOS, *uploads.SCENARIOS]
+    return [*ingest.SCENARIOS, *query.SCENARIOS, *retrieve.SCENARIOS, *web.SCENARIOS, *uploads.SCENARIOS,
+            *dicomweb.SCENARIOS]
 
 
 def select(scenarios: list[Scenario], only: Sequence[str]) -> list[Scenario]:

@@ -23,7 +23,7 @@ from bench.harness import (BenchError, OrthancPeer, expect_counts, node_python, 
                            warm_page_cache)
 from bench.scenario import Row, RunContext, Scenario
 
-PARALLEL = 4
+PARALLEL = 8  # files in flight (push --parallel) and Orthanc requests at once in the second row
 PASSWORD = "bench password 1234"
 # the per-user limits protect a shared node from one client; a benchmark is that one client
 UNLIMITED = {"rate_per_second": 1e6, "burst": 1_000_000, "max_in_flight_per_user": 64}

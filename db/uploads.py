@@ -12,6 +12,7 @@ nothing here knows about HTTP or tus (shared/STYLE.md, 1).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -146,26 +147,29 @@ def create_session(*, session_id: str, owner: str, file_name: str, size: int, sh
     """A new QUEUED session, or (created False) the one already delivering this digest for
     this owner and order."""
     key = dedupe_key(owner, order_id, sha256)
+    values = dict(session_id=session_id, owner=owner, file_name=file_name, size=size, sha256=sha256,
+                  content_type=content_type, order_id=order_id, dedupe_key=key, metadata=_dump(metadata),
+                  status=QUEUED, upload_offset=0, server_image_id=None, error_code=None,
+                  error_message=None, retry_count=0, created_at=now, updated_at=now, expires_at=expires_at)
+    fields = [f for f in _FIELDS if f.name != "id"]
     try:
         with database.atomic():
-            row = UploadSession.create(
-                session_id=session_id, owner=owner, file_name=file_name, size=size, sha256=sha256,
-                content_type=content_type, order_id=order_id, dedupe_key=key,
-                metadata=_dump(metadata), status=QUEUED, created_at=now, updated_at=now,
-                expires_at=expires_at)
-            UploadEvent.create(session=row.id, at=now, username=owner, from_status=None,
-                               to_status=QUEUED, detail="session created")
-        return _record(row), True
+            database.execute_sql(
+                f"INSERT INTO {_q(_SESSIONS)} ({', '.join(_q(f.column_name) for f in fields)}) "
+                f"VALUES ({', '.join([database.param] * len(fields))})",
+                [f.db_value(values[f.name]) for f in fields])
+            _insert_events(session_id, now, owner, [(None, QUEUED)], "session created")
     except IntegrityError:
-        existing = UploadSession.get_or_none(UploadSession.dedupe_key == key)
+        existing = _fetch("dedupe_key", key)
         if existing is None:  # pragma: no cover - a session id collision (uuid4): never in practice
             raise
-        return _record(existing), False
+        return existing[1], False
+    return _record({**values, "metadata": metadata}), True
 
 
 def get_session(session_id: str) -> SessionRecord | None:
-    row = UploadSession.get_or_none(UploadSession.session_id == session_id)
-    return _record(row) if row else None
+    found = _fetch("session_id", session_id)
+    return found[1] if found else None
 
 
 def move(session_id: str, *, expect: Iterable[str], steps: tuple[str, ...], username: str,
@@ -177,12 +181,13 @@ def move(session_id: str, *, expect: Iterable[str], steps: tuple[str, ...], user
     Raises StaleSession with the current row when the condition does not hold.
     """
     expect = tuple(expect)
-    row = UploadSession.get_or_none(UploadSession.session_id == session_id)
-    if row is None:
+    found = _fetch("session_id", session_id)
+    if found is None:
         raise NoSuchSession(session_id)
-    if row.status not in expect or (expect_offset is not None and row.upload_offset != expect_offset):
-        raise StaleSession(_record(row))
-    previous = row.status
+    row_id, current = found
+    if current.status not in expect or (expect_offset is not None and current.upload_offset != expect_offset):
+        raise StaleSession(current)
+    previous = current.status
     for step in steps:
         if step not in TRANSITIONS[previous]:
             raise ValueError(f"{previous} -> {step} is not a transition of an upload session")
@@ -190,21 +195,24 @@ def move(session_id: str, *, expect: Iterable[str], steps: tuple[str, ...], user
     values = dict(changes, updated_at=now)
     if steps:
         values["status"] = steps[-1]
-    if "metadata" in values:
-        values["metadata"] = _dump(values["metadata"])
+    stored = {name: _dump(value) if name == "metadata" else value for name, value in values.items()}
+    fields = [_BY_NAME[name] for name in stored]
+    p = database.param
     # The write comes first in the transaction (SQLite: no read lock to upgrade), conditional
     # on the status and offset just read: a request that changed them meanwhile wins.
-    unchanged = (UploadSession.id == row.id) & (UploadSession.status == row.status) & \
-                (UploadSession.upload_offset == row.upload_offset)
     with database.atomic():
-        if UploadSession.update(**values).where(unchanged).execute() != 1:
-            raise StaleSession(_record(UploadSession.get_by_id(row.id)))
-        before = row.status
-        for step in steps:
-            UploadEvent.create(session=row.id, at=now, username=username, from_status=before,
-                               to_status=step, detail=detail)
-            before = step
-    return _record(UploadSession.get_by_id(row.id))
+        cursor = database.execute_sql(
+            f"UPDATE {_q(_SESSIONS)} SET {', '.join(f'{_q(f.column_name)} = {p}' for f in fields)} "
+            f"WHERE {_q('id')} = {p} AND {_q('status')} = {p} AND {_q('upload_offset')} = {p}",
+            [f.db_value(stored[f.name]) for f in fields] + [row_id, current.status, current.upload_offset])
+        if cursor.rowcount != 1:
+            latest = _fetch("id", row_id)
+            assert latest is not None  # sessions are never deleted
+            raise StaleSession(latest[1])
+        chain = list(zip((current.status,) + steps[:-1], steps))
+        _insert_events(session_id, now, username, chain, detail)
+    values.pop("dedupe_key", None)
+    return dataclasses.replace(current, **values)
 
 
 def list_sessions(*, owner: str | None, statuses: Iterable[str] | None, order_id: str | None,
@@ -218,7 +226,7 @@ def list_sessions(*, owner: str | None, statuses: Iterable[str] | None, order_id
     if order_id is not None:
         query = query.where(UploadSession.order_id == order_id)
     query = query.order_by(UploadSession.created_at.desc(), UploadSession.id.desc())
-    return [_record(row) for row in query.limit(limit).offset(offset)]
+    return [_row_record(row) for row in query.limit(limit).offset(offset)]
 
 
 def session_events(session_id: str) -> list[EventRecord]:
@@ -247,11 +255,52 @@ def _dump(metadata: dict[str, Any] | None) -> str | None:
     return None if metadata is None else json.dumps(metadata, separators=(",", ":"), sort_keys=True)
 
 
-def _record(row: UploadSession) -> SessionRecord:
-    return SessionRecord(
-        session_id=row.session_id, owner=row.owner, file_name=row.file_name, size=row.size,
-        sha256=row.sha256, content_type=row.content_type, order_id=row.order_id,
-        metadata=json.loads(row.metadata) if row.metadata else None, status=row.status,
-        upload_offset=row.upload_offset, server_image_id=row.server_image_id,
-        error_code=row.error_code, error_message=row.error_message, retry_count=row.retry_count,
-        created_at=row.created_at, updated_at=row.updated_at, expires_at=row.expires_at)
+# The hot paths (every upload step reads and moves its session) use SQL written here once per
+# statement shape: peewee builds each query's SQL anew, which cost more CPU than the rest of a step.
+_SESSIONS = UploadSession._meta.table_name
+_FIELDS = UploadSession._meta.sorted_fields
+_BY_NAME = {f.name: f for f in _FIELDS}
+
+
+def _q(name: str) -> str:
+    quote = database.quote  # the database's quote characters, e.g. '""'
+    return f"{quote[0]}{name}{quote[-1]}"
+
+
+def _fetch(column: str, value: Any) -> tuple[int, SessionRecord] | None:
+    """(row id, record) of the session whose ``column`` equals ``value`` (a unique column)."""
+    cursor = database.execute_sql(
+        f"SELECT {', '.join(_q(f.column_name) for f in _FIELDS)} FROM {_q(_SESSIONS)} "
+        f"WHERE {_q(column)} = {database.param}", (value,))
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    values = {f.name: f.python_value(v) for f, v in zip(_FIELDS, row)}
+    return values["id"], _record({**values, "metadata": json.loads(values["metadata"]) if values["metadata"]
+                                  else None})
+
+
+def _insert_events(session_id: str, now: dt.datetime, username: str,
+                   chain: list[tuple[str | None, str]], detail: str | None) -> None:
+    """One event row per (from, to) of ``chain``, for the session by its id."""
+    p = database.param
+    at = UploadEvent.at.db_value(now)
+    for from_status, to_status in chain:
+        database.execute_sql(
+            f"INSERT INTO {_q(UploadEvent._meta.table_name)} ({_q('session_id')}, {_q('at')}, {_q('username')}, "
+            f"{_q('from_status')}, {_q('to_status')}, {_q('detail')}) "
+            f"SELECT {_q('id')}, {p}, {p}, {p}, {p}, {p} FROM {_q(_SESSIONS)} WHERE {_q('session_id')} = {p}",
+            (at, username, from_status, to_status, detail, session_id))
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))
+
+
+def _record(values: dict[str, Any]) -> SessionRecord:
+    """A record from column values by field name (``metadata`` already a dict or None)."""
+    return SessionRecord(**{name: values[name] for name in _RECORD_FIELDS})
+
+
+def _row_record(row: UploadSession) -> SessionRecord:
+    data = row.__data__
+    return _record({**data, "metadata": json.loads(data["metadata"]) if data.get("metadata") else None})

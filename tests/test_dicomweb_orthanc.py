@@ -1,4 +1,5 @@
-"""Differential QIDO-RS: the node and Orthanc with its DICOMweb plugin, holding the same files.
+"""Differential QIDO-RS (and WADO-RS metadata): the node and Orthanc with its DICOMweb plugin,
+holding the same files.
 
 Both peers receive the same generated studies with DCMTK storescu (five studies of four
 patients, ISO_IR 100, ISO_IR 192 and ASCII names, several dates, times, modalities and series);
@@ -7,7 +8,8 @@ then each search is sent to both and they must answer the same studies, series o
 both of them return. Attributes only one of them adds are ignored, except for a core set per
 level that both must return. Values that name the server itself (RetrieveURL's host,
 RetrieveAETitle) and SpecificCharacterSet (Orthanc transcodes answers to its default encoding;
-DICOM JSON is UTF-8 either way) are not compared.
+DICOM JSON is UTF-8 either way) are not compared. Each study's WADO-RS metadata must equal
+Orthanc's element for element (bulk data: a URI below the instance on both).
 
 Orthanc 1.10.1 with the Debian DICOMweb plugin 1.7 finds nothing for a PatientName query with
 non-ASCII characters (its REST /tools/find does), nor for backslash-separated UID lists, and
@@ -381,3 +383,28 @@ def test_instance_search_agrees_with_orthanc(node, orthanc, data, path, params, 
 def test_instance_uid_list(node, orthanc, data):
     uids = {data.series["A1"].sop_uids[0], data.series["E3"].sop_uids[0]}
     compare(node, orthanc, "instance", "/instances", {"SOPInstanceUID": ",".join(sorted(uids))}, uids)
+
+
+# --- WADO-RS metadata ------------------------------------------------------------------------
+
+
+def _bulk_marked(answer: dict) -> dict:
+    """An instance's DICOM JSON with each BulkDataURI replaced by whether it points below the
+    instance's own resource (each peer names bulk data its own way, on its own host), and the
+    vr of bulk data left out (Orthanc omits it there)."""
+    instance = (f"{ROOT}/studies/{answer[STUDY_UID]['Value'][0]}/series/"
+                f"{answer[SERIES_UID]['Value'][0]}/instances/{answer[SOP_UID]['Value'][0]}/")
+    return {tag: {"BulkDataURI below the instance": instance in element["BulkDataURI"]}
+            if "BulkDataURI" in element else element for tag, element in answer.items()}
+
+
+@pytest.mark.parametrize("letter", "ABCDE")
+def test_study_metadata_equals_orthancs(node, orthanc, data, letter):
+    """Every instance's DICOM JSON (PS3.18 F.2) from /studies/{study}/metadata is Orthanc's,
+    element for element: the same tags, VRs and values, names decoded from their charsets."""
+    path = f"/studies/{data.studies[letter].uid}/metadata"
+    mine = {a[SOP_UID]["Value"][0]: _bulk_marked(a) for a in node.search(path)}
+    theirs = {a[SOP_UID]["Value"][0]: _bulk_marked(a) for a in orthanc.search(path)}
+    assert set(mine) == set(theirs) == {uid for s in data.studies[letter].series for uid in s.sop_uids}
+    for uid in mine:
+        assert mine[uid] == theirs[uid]

@@ -11,10 +11,12 @@ RetrieveAETitle) and SpecificCharacterSet (Orthanc transcodes answers to its def
 DICOM JSON is UTF-8 either way) are not compared. Each study's WADO-RS metadata must equal
 Orthanc's element for element (bulk data: a URI below the instance on both).
 
-Orthanc 1.10.1 with the Debian DICOMweb plugin 1.7 finds nothing for a PatientName query with
-non-ASCII characters (its REST /tools/find does), nor for backslash-separated UID lists, and
-ignores unknown keys and malformed dates (the node answers 400): those searches are checked on
-the node against the generated data only, or not at all.
+Orthanc 1.10.1 with the Debian DICOMweb plugin 1.7 does not decode percent-escapes in query
+values, so it finds nothing for a non-ASCII PatientName (sent raw, UTF-8 gets a 400; its REST
+/tools/find matches it), nor for backslash-separated UID lists, and it ignores unknown keys and
+malformed dates (the node answers 400): those searches are checked on the node against the
+generated data only, or not at all. The matching characters ``* ? ^ ,`` are therefore sent
+unescaped to both.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -263,15 +264,32 @@ _BY_NAME = {f.name: f for f in _FIELDS}
 
 
 def _q(name: str) -> str:
-    quote = database.quote  # the database's quote characters, e.g. '""'
+    return _quoted(name, database.quote)
+
+
+@functools.lru_cache(maxsize=256)
+def _quoted(name: str, quote: str) -> str:
+    """``name`` in the database's quote characters (``quote`` is e.g. '""')."""
     return f"{quote[0]}{name}{quote[-1]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _select_by(column: str, quote: str, param: str) -> str:
+    columns = ", ".join(_quoted(f.column_name, quote) for f in _FIELDS)
+    return f"SELECT {columns} FROM {_quoted(_SESSIONS, quote)} WHERE {_quoted(column, quote)} = {param}"
+
+
+@functools.lru_cache(maxsize=8)
+def _insert_event_sql(quote: str, param: str) -> str:
+    q = functools.partial(_quoted, quote=quote)
+    return (f"INSERT INTO {q(UploadEvent._meta.table_name)} ({q('session_id')}, {q('at')}, {q('username')}, "
+            f"{q('from_status')}, {q('to_status')}, {q('detail')}) SELECT {q('id')}, {param}, {param}, {param}, "
+            f"{param}, {param} FROM {q(_SESSIONS)} WHERE {q('session_id')} = {param}")
 
 
 def _fetch(column: str, value: Any) -> tuple[int, SessionRecord] | None:
     """(row id, record) of the session whose ``column`` equals ``value`` (a unique column)."""
-    cursor = database.execute_sql(
-        f"SELECT {', '.join(_q(f.column_name) for f in _FIELDS)} FROM {_q(_SESSIONS)} "
-        f"WHERE {_q(column)} = {database.param}", (value,))
+    cursor = database.execute_sql(_select_by(column, database.quote, database.param), (value,))
     row = cursor.fetchone()
     if row is None:
         return None
@@ -283,14 +301,10 @@ def _fetch(column: str, value: Any) -> tuple[int, SessionRecord] | None:
 def _insert_events(session_id: str, now: dt.datetime, username: str,
                    chain: list[tuple[str | None, str]], detail: str | None) -> None:
     """One event row per (from, to) of ``chain``, for the session by its id."""
-    p = database.param
+    sql = _insert_event_sql(database.quote, database.param)
     at = UploadEvent.at.db_value(now)
     for from_status, to_status in chain:
-        database.execute_sql(
-            f"INSERT INTO {_q(UploadEvent._meta.table_name)} ({_q('session_id')}, {_q('at')}, {_q('username')}, "
-            f"{_q('from_status')}, {_q('to_status')}, {_q('detail')}) "
-            f"SELECT {_q('id')}, {p}, {p}, {p}, {p}, {p} FROM {_q(_SESSIONS)} WHERE {_q('session_id')} = {p}",
-            (at, username, from_status, to_status, detail, session_id))
+        database.execute_sql(sql, (at, username, from_status, to_status, detail, session_id))
 
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(SessionRecord))

@@ -221,11 +221,12 @@ def test_chunk_larger_than_web_body_limit_is_accepted_up_to_max_chunk(make_setti
             **up.headers(), "Content-Type": "application/json"}).status_code == 413
 
 
-def test_checksum_mismatch_then_retry(up: Uploads, dicom: bytes) -> None:
+@pytest.mark.parametrize("chunk", [1000, 1 << 20], ids=["chunks", "one-patch"])
+def test_checksum_mismatch_then_retry(up: Uploads, dicom: bytes, chunk: int) -> None:
     session = up.ready(dicom)
     corrupt = bytearray(dicom)
     corrupt[len(corrupt) // 2] ^= 0xFF
-    up.send_all(session, bytes(corrupt))
+    up.send_all(session, bytes(corrupt), chunk=chunk)  # each chunk's own checksum matches
     failed = up.get(session)
     assert failed["status"] == "FAILED" and failed["errorCode"] == "CHECKSUM_MISMATCH"
     assert up.patch(session, len(dicom), b"").status_code == 409

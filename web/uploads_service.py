@@ -124,8 +124,11 @@ class ChunkChecksum:
     algorithm: str  # a hashlib name: sha1 or sha256
     digest: bytes
 
-    def matches(self, chunk: bytes) -> bool:
-        return hmac.compare_digest(hashlib.new(self.algorithm, chunk).digest(), self.digest)
+    def matches(self, chunk: bytes, sha256: bytes | None = None) -> bool:
+        """``sha256``: the chunk's SHA-256 when already computed (not hashed twice)."""
+        actual = sha256 if sha256 is not None and self.algorithm == "sha256" else \
+            hashlib.new(self.algorithm, chunk).digest()
+        return hmac.compare_digest(actual, self.digest)
 
 
 class UploadSessions:
@@ -241,7 +244,9 @@ class UploadSessions:
         with database.connection_context():
             record = self._visible(caller, session_id)
             self._check_accepts(record, offset, len(chunk))
-            if checksum is not None and not checksum.matches(chunk):
+            whole = offset == 0 and len(chunk) == record.size  # one PATCH: one SHA-256 serves both checks
+            chunk_sha256 = hashlib.sha256(chunk).digest() if whole else None
+            if checksum is not None and not checksum.matches(chunk, chunk_sha256):
                 raise ChunkChecksumMismatch(f"the chunk's {checksum.algorithm} differs from Upload-Checksum; "
                                             "it was discarded")
             with self.parts.locked(session_id) as part:
@@ -258,16 +263,19 @@ class UploadSessions:
                                       detail="first bytes received", what="append bytes",
                                       expect_offset=offset, upload_offset=end,
                                       expires_at=self._expiry(now))
-                return self._store(record, caller, part, offset, chunk)
+                return self._store(record, caller, part, offset, chunk,
+                                   chunk_sha256.hex() if chunk_sha256 is not None else None)
 
     def _store(self, record: db.SessionRecord, caller: Caller, part: Part, offset: int,
-               chunk: bytes) -> db.SessionRecord:
-        """The last bytes: SHA-256 of the whole file, then the one ingest path (node.ingest)."""
+               chunk: bytes, whole_sha256: str | None = None) -> db.SessionRecord:
+        """The last bytes: SHA-256 of the whole file (``whole_sha256`` when the one chunk was
+        the file and is hashed already), then the one ingest path (node.ingest)."""
         whole = offset == 0 and len(chunk) == record.size  # one PATCH: never touches the disk twice
         if not whole and chunk:
             part.write_at(offset, chunk, durable=False)  # the store's copy is the durable one
         with _file_bytes(part, chunk if whole else None) as data:
-            if hashlib.sha256(data).hexdigest() != record.sha256:
+            digest = whole_sha256 if whole and whole_sha256 else hashlib.sha256(data).hexdigest()
+            if digest != record.sha256:
                 part.remove()  # the bytes are not the file the session declared
                 return self._fail(record, caller, offset, CHECKSUM_MISMATCH,
                                   "the received bytes do not have the declared SHA-256")

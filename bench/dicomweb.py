@@ -15,7 +15,8 @@ and bytes of the retrieve, frame sizes, QIDO matches against the generated data;
 answer fails the run), then timed with curl: one process, one keep-alive connection, one
 warm-up request, curl's own per-transfer time (request to last byte, bodies discarded), so a
 Python client's parsing is not in the figures. Timings are medians of ``RUNS`` (frames: the
-mean over 250 instances). Requests say ``Accept-Encoding: gzip, deflate`` as browsers do:
+mean over 250 instances, each instance's frame asked for once, as a viewer scrolling a series
+does; the series retrieve before has read the files into the page cache for both peers). Requests say ``Accept-Encoding: gzip, deflate`` as browsers do:
 Orthanc gzips single-frame answers then, the node does not compress pixels. Orthanc runs its plugin with its defaults (metadata read
 from the stored files, "Full") and without find limits; the node with the per-user rate
 limits lifted (a benchmark is one busy viewer).

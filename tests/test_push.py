@@ -16,7 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.helpers import REPO, free_port, make_dataset, node_process, run_cli, sha256_file, write_config, write_dataset
+from tests.helpers import (REPO, free_port, make_dataset, node_process, run_cli, sha256_file, wait_until,
+                           write_config, write_dataset)
 from tests.viewer_fixtures import PASSWORD, add_user, http_json, wait_for_http
 
 EX_TEMPFAIL = 75
@@ -190,6 +191,50 @@ def test_offline_push_then_sync_delivers_everything(site: Site, tmp_path: Path) 
     assert {status for status, _ in queue_rows(outbox)} == {"done"}
 
 
+def test_push_killed_server_then_sync_resumes_the_same_session(site: Site, tmp_path: Path) -> None:
+    big = write_files(tmp_path / "in", 1, size=1448)[0]  # about 4 MB, sent in 4 kB chunks
+    outbox = tmp_path / "outbox"
+    env = {**os.environ, "PACSNODE_USER": "sender", "PACSNODE_PASSWORD": PASSWORD}
+    with started(site) as proc:
+        token = site.token()
+        client = subprocess.Popen([sys.executable, "-m", "node", "push", str(big), "--server", site.base_url,
+                                   "--outbox", str(outbox), "--no-progress", "--chunk-size", "4096",
+                                   "--max-attempts", "2", "--retry-delay", "0.05"],
+                                  cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, stdin=subprocess.DEVNULL)
+        try:
+            def sending() -> dict | None:
+                status, body = http_json(site.base_url + "api/upload-sessions/?status=pending", token=token)
+                moving = [s for s in body.get("sessions", []) if s["uploadOffset"] > 0]
+                return moving[0] if status == 200 and moving else None
+
+            assert wait_until(lambda: sending() is not None, timeout=60)
+            proc.kill()  # kill -9 in the middle of the upload
+            proc.wait(timeout=20)
+            output, _ = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    assert client.returncode == EX_TEMPFAIL, output
+    assert len(list((outbox / "files").iterdir())) == 1
+    with started(site):
+        token = site.token()
+        status, listing = http_json(site.base_url + "api/upload-sessions/?status=pending", token=token)
+        assert status == 200 and len(listing["sessions"]) == 1
+        interrupted = listing["sessions"][0]
+        assert 0 < interrupted["uploadOffset"] < big.stat().st_size  # what was acknowledged before the kill
+        synced = push(site, "--sync", "--chunk-size", "4096", outbox=outbox)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        state = session_state(site, token, interrupted["sessionId"])  # the same session, resumed
+        assert state["status"] == "ACK_RECEIVED"
+        status, events = http_json(f"{site.base_url}api/upload-sessions/{interrupted['sessionId']}/events",
+                                   token=token)
+        assert [e["to"] for e in events["events"]].count("METADATA_UPLOADED") == 1  # never restarted from 0
+        assert site.instances() == 1
+    assert list((outbox / "files").iterdir()) == []
+
+
 def test_five_clients_at_once(site: Site, tmp_path: Path) -> None:
     shared = write_files(tmp_path / "shared", 1, size=64, sop_uid="1.2.3.4.5.6.7.8.9")[0]
     folders = []
@@ -218,3 +263,26 @@ def test_push_without_credentials_refuses_and_keeps_the_files(site: Site, tmp_pa
                             text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and "PACSNODE_PASSWORD" in result.stderr
     assert len(list((tmp_path / "outbox" / "files").iterdir())) == 1
+
+
+def test_outbox_keeps_queued_copies_and_drops_unqueued_ones(tmp_path: Path) -> None:
+    from node.push_queue import Outbox
+
+    files = write_files(tmp_path / "in", 2, size=16)
+    outbox = Outbox(tmp_path / "outbox")
+    items, repeats = outbox.add(files, "http://node", None)
+    again, repeats = outbox.add(files[:1], "http://node", None)  # already waiting: not queued twice
+    assert (len(items), again, repeats) == (2, [], 1)
+    assert outbox.path_of(items[0]).read_bytes() == files[0].read_bytes()
+    assert items[0].sha256 == sha256_file(files[0]) and items[0].status == "queued"
+    stray = outbox.files / "left-by-a-crash-before-its-commit.dcm"
+    stray.write_bytes(b"x")
+    outbox.finish(items[1], "1.2.3", already_present=False)
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox")
+    try:
+        assert not stray.exists() and not reopened.path_of(items[1]).exists()
+        assert reopened.path_of(items[0]).exists()
+        assert [i.item_id for i in reopened.pending("http://node")] == [items[0].item_id]
+    finally:
+        reopened.close()

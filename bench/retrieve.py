@@ -41,11 +41,11 @@ def start_storescp(folder: Path, port: int | None = None) -> Iterator[tuple[int,
     _fresh(folder)
     port = port or free_port()
     log_path = folder / "storescp.log"
+    (folder / "in").mkdir()  # before the start: storescp checks its output folder at once
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["storescp", "-aet", DEST_AE, "-od", str(folder / "in"), str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env(),
                                 start_new_session=True, preexec_fn=_die_with_parent)
-    (folder / "in").mkdir()
     try:
         wait_until(lambda: echo_ok(port, DEST_AE), what="storescp", timeout=30, proc=proc,
                    log_path=log_path)

@@ -43,7 +43,7 @@ from node.config import Settings
 from node.dicomfile import _PARSE_ERRORS
 from scp import statuses
 from scp.find import ROOT_OF_SOP_CLASS, caller_may_query, failure, query_from_identifier
-from scu.association import set_no_delay
+from scu.association import let_reactor_resume, set_no_delay
 from scu.store import MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for, dataset_to_send
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,10 @@ def send_stored_files(assoc: Association) -> None:
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(dataset, StoredFile):
             dataset = dataset.stored_path
-        return original(dataset, *args, **kwargs)
+        try:
+            return original(dataset, *args, **kwargs)
+        finally:
+            let_reactor_resume(assoc)
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
     assoc._sends_stored_files = True  # type: ignore[attr-defined]

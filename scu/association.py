@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -87,6 +89,25 @@ def _close_socket(assoc: Association) -> None:
     raw = getattr(transport, "socket", None) if transport is not None else None
     if raw is not None:
         raw.close()
+
+
+def let_reactor_resume(assoc: Association, timeout: float = 1.0) -> None:
+    """Call after each ``send_c_store`` of a series sent back to back on one association.
+
+    pynetdicom pauses the association's reactor thread for a request by clearing an event
+    and waiting for its ``_is_paused`` flag, and resumes it when the response is in. If the
+    next request comes before the reactor thread has woken up, the flag still says "paused"
+    from the last one, the request goes out, and the reactor, waking, takes the response off
+    the queue as an "unexpected C-STORE service message": the sender then waits the whole
+    DIMSE timeout and aborts. Seen with files sent by path (nothing to encode between two
+    requests) on a loaded machine. Waiting here until the reactor has woken closes that
+    window. Not needed, and skipped, when called from the reactor's own thread (C-GET).
+    """
+    if threading.current_thread() is assoc:
+        return
+    deadline = time.monotonic() + timeout
+    while getattr(assoc, "_is_paused", False) and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 def status_of(rsp: Any) -> int | None:

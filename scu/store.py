@@ -29,7 +29,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from node.config import Settings
-from scu.association import Remote, associate, client_ae, status_of
+from scu.association import Remote, associate, client_ae, let_reactor_resume, status_of
 from scu.errors import AssociationFailed
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ def send_instances(settings: Settings, remote: Remote, instances: Sequence[Senda
                     result = StoreResult(inst.sop_instance_uid, None, "association lost")
                 else:
                     result = send_one(assoc, inst, settings.data_dir, msg_id=n % 65535 + 1)
+                    let_reactor_resume(assoc)
                 summary.results.append(result)
                 if on_result is not None:
                     on_result(result)

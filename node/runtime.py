@@ -97,7 +97,8 @@ class Node:
                                        self.catalogue.forward_queue.added, self.dimse_address[1]).start()
         if self.web:
             from web.server import WebServer
-            from web.uploads_service import ExpirySweeper, UploadSessions
+            from web.uploads_service import UploadSessions
+            from web.uploads_sweep import ExpirySweeper
 
             try:
                 self.web_server = WebServer(self.settings, self).start()

@@ -361,6 +361,28 @@ def test_sweep_expires_without_a_request(up: Uploads, dicom: bytes) -> None:
     assert trail[-1]["to"] == "EXPIRED" and trail[-1]["user"] == "system" and "500 bytes freed" in trail[-1]["detail"]
 
 
+def test_expiry_sweeper_thread_expires_on_its_own(up: Uploads, dicom: bytes) -> None:
+    from tests.helpers import wait_until
+    from web.uploads_sweep import ExpirySweeper
+
+    session = up.ready(dicom)
+    up.now += dt.timedelta(seconds=up.world.settings.uploads.expire_after_seconds + 1)
+    from db import uploads as sessions_table
+    from db.models import database
+
+    def stored_status() -> str:  # read the row itself: a GET would expire the session on its own
+        with database.connection_context():
+            return sessions_table.get_session(session["sessionId"]).status
+
+    assert stored_status() == "METADATA_UPLOADED"
+    sweeper = ExpirySweeper(up.client.app.state.ctx.uploads).start()
+    try:
+        assert wait_until(lambda: stored_status() == "EXPIRED", timeout=10)
+    finally:
+        sweeper.stop()
+    assert not sweeper._thread.is_alive()
+
+
 def test_events_trail_records_every_transition(up: Uploads, dicom: bytes) -> None:
     session = up.ready(dicom)
     up.send_all(session, dicom)

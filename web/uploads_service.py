@@ -27,7 +27,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -429,30 +428,3 @@ def _file_bytes(part: Part, whole: bytes | None) -> Iterator[Any]:
         return
     with part.contents() as data:
         yield data
-
-
-class ExpirySweeper:
-    """Runs ``expire_abandoned`` every ``uploads.sweep_interval_seconds`` in the serving node."""
-
-    def __init__(self, sessions: UploadSessions) -> None:
-        self.sessions = sessions
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="upload-expiry", daemon=True)
-
-    def start(self) -> "ExpirySweeper":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.sessions.expire_abandoned()
-            except Exception:  # noqa: BLE001 - a failed sweep is retried at the next interval
-                log.exception("the upload expiry sweep failed")
-            if self._stop.wait(self.sessions.limits.sweep_interval_seconds):
-                return

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from node.push_http import Api, Refused, Transient, Unreachable, detail_of
+from node.push_http import Api, CredentialsRefused, Refused, Transient, Unreachable, detail_of
 from node.push_queue import DONE, FAILED, QUEUED, SENDING, Item, Outbox
 
 if TYPE_CHECKING:
@@ -195,6 +195,10 @@ def drain(outbox: Outbox, api: Api, batches: Iterable[list[Item]], *, parallel: 
                 result: Item | None = None
                 try:
                     result = delivery.deliver(item)
+                except CredentialsRefused as exc:  # not this file's fault: it stays queued
+                    error = str(exc)
+                    gave_up.set()
+                    break
                 except Refused as exc:
                     result = outbox.update(item, status=FAILED, last_error=str(exc))
                 except Unreachable as exc:

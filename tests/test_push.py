@@ -286,3 +286,45 @@ def test_outbox_keeps_queued_copies_and_drops_unqueued_ones(tmp_path: Path) -> N
         assert [i.item_id for i in reopened.pending("http://node")] == [items[0].item_id]
     finally:
         reopened.close()
+
+
+def test_api_renews_an_expired_token_and_waits_out_rate_limits() -> None:
+    import httpx
+
+    from node.push_http import Api, CredentialsRefused
+
+    seen: list[tuple[str, str]] = []
+    answers = {"limited": 2}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        auth = request.headers.get("authorization", "")
+        seen.append((request.url.path, auth))
+        if request.url.path == "/api/token/":
+            return httpx.Response(200, json={"access": "a1", "refresh": "r1"})
+        if request.url.path == "/api/token/refresh/":
+            return httpx.Response(200, json={"access": "a2", "refresh": "r2"})
+        if auth != "Bearer a2":
+            return httpx.Response(401, json={"detail": "expired"})
+        if answers["limited"]:
+            answers["limited"] -= 1
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"detail": "slow down"})
+        return httpx.Response(200, json={"ok": True})
+
+    api = Api("http://node", "sender", "pw", connections=2, transport=httpx.MockTransport(server))
+    try:
+        api.login()
+        assert api.call("GET", "api/upload-sessions/").json() == {"ok": True}
+    finally:
+        api.close()
+    assert [path for path, _ in seen] == ["/api/token/", "/api/upload-sessions/", "/api/token/refresh/",
+                                          *["/api/upload-sessions/"] * 3]
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"detail": "no such user"})
+
+    api = Api("http://node", "sender", "wrong", connections=1, transport=httpx.MockTransport(refusing))
+    try:
+        with pytest.raises(CredentialsRefused):
+            api.login()
+    finally:
+        api.close()

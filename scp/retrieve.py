@@ -44,7 +44,8 @@ from node.dicomfile import _PARSE_ERRORS
 from scp import statuses
 from scp.find import ROOT_OF_SOP_CLASS, caller_may_query, failure, query_from_identifier
 from scu.association import let_reactor_resume, set_no_delay
-from scu.store import MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for, dataset_to_send
+from scu.store import (MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for, dataset_to_send,
+                       send_file_directly)
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +58,33 @@ class StoredFile(Dataset):
     Datasets on to ``send_c_store``, and reads the SOP Instance UID of a failed one for the
     Failed SOP Instance UID List: this one carries the UIDs and the file's path."""
 
-    def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str) -> None:
+    def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str,
+                 transfer_syntax: str) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         object.__setattr__(self, "stored_path", path)
+        object.__setattr__(self, "stored_syntax", transfer_syntax)
 
 
 def send_stored_files(assoc: Association) -> None:
-    """Make ``assoc.send_c_store`` send a ``StoredFile`` by path (streamed as stored, with
-    ``STORE_SEND_CHUNKED_DATASET``); any other dataset goes on as before."""
+    """Make ``assoc.send_c_store`` send a ``StoredFile`` as stored: written straight to the
+    socket where it can be (scu.direct_store: C-MOVE's outgoing association), else by path
+    through pynetdicom (streamed, with ``STORE_SEND_CHUNKED_DATASET``); any other dataset
+    goes on as before."""
     if getattr(assoc, "_sends_stored_files", False):
         return
     original = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(dataset, StoredFile):
+            originator = kwargs.get("originator_aet"), kwargs.get("originator_id")
+            rsp = send_file_directly(assoc, dataset.stored_path, dataset.SOPClassUID,
+                                     dataset.SOPInstanceUID, dataset.stored_syntax,
+                                     kwargs.get("msg_id", 1),
+                                     originator if originator[0] and originator[1] is not None else None)
+            if rsp is not None:
+                return rsp
             dataset = dataset.stored_path
         try:
             return original(dataset, *args, **kwargs)
@@ -192,7 +204,7 @@ def dataset_for_sub_operation(inst: StoredInstance, assoc: Association | None,
     path = settings.data_dir / inst.path
     if (inst.transfer_syntax in accepted and pynetdicom_config.STORE_SEND_CHUNKED_DATASET
             and getattr(assoc, "_sends_stored_files", False) and path.is_file()):
-        return StoredFile(path, inst.sop_class_uid, inst.sop_instance_uid)
+        return StoredFile(path, inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax)
     try:
         return dataset_to_send(path, inst.transfer_syntax, accepted)
     except Unsendable as exc:

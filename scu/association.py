@@ -103,8 +103,8 @@ def let_reactor_resume(assoc: Association, timeout: float = 1.0) -> None:
     requests) on a loaded machine. Waiting here until the reactor has woken closes that
     window. Not needed, and skipped, when called from the reactor's own thread (C-GET).
     """
-    if threading.current_thread() is assoc:
-        return
+    if threading.current_thread() is assoc or not assoc._reactor_checkpoint.is_set():
+        return  # the reactor's own thread (C-GET), or kept paused (scu.direct_store)
     deadline = time.monotonic() + timeout
     while getattr(assoc, "_is_paused", False) and assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.0001)

@@ -30,6 +30,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from node.config import Settings
 from scu.association import Remote, associate, client_ae, let_reactor_resume, status_of
+from scu.direct_store import can_send_directly, send_stored_file
 from scu.errors import AssociationFailed
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,10 @@ def send_one(assoc: Association, inst: Sendable, data_dir: Path, msg_id: int = 1
             if not path.is_file():
                 raise Unsendable(f"the stored file {path} is missing")
             payload: Path | Dataset = path
+            rsp = send_file_directly(assoc, path, inst.sop_class_uid, inst.sop_instance_uid,
+                                     inst.transfer_syntax, msg_id, move_originator)
+            if rsp is not None:
+                return _result(inst, rsp)
         else:
             payload = dataset_to_send(path, inst.transfer_syntax, accepted)
         rsp = assoc.send_c_store(payload, msg_id=msg_id, originator_aet=originator_aet,
@@ -178,11 +183,44 @@ def send_one(assoc: Association, inst: Sendable, data_dir: Path, msg_id: int = 1
         return StoreResult(inst.sop_instance_uid, None, str(exc))
     except (ValueError, AttributeError, OSError) as exc:  # pynetdicom: no context, unencodable
         return StoreResult(inst.sop_instance_uid, None, str(exc))
+    return _result(inst, rsp)
+
+
+def _result(inst: Sendable, rsp: Dataset | None) -> StoreResult:
     status = status_of(rsp)
     if status is None:
         return StoreResult(inst.sop_instance_uid, None, "no C-STORE response (association lost)")
-    comment = str(rsp.get("ErrorComment", "") or "")
+    comment = str(rsp.get("ErrorComment", "") or "")  # type: ignore[union-attr]
     return StoreResult(inst.sop_instance_uid, status, comment)
+
+
+def send_file_directly(assoc: Association, path: Path, sop_class_uid: str, sop_instance_uid: str,
+                       transfer_syntax: str, msg_id: int,
+                       move_originator: tuple[str, int] | None = None) -> Dataset | None:
+    """A stored file, in its stored syntax, through scu.direct_store when the association
+    allows it; None when it does not (the caller sends through pynetdicom)."""
+    if not direct_sending.enabled or not can_send_directly(assoc):
+        return None
+    context_id = next((cx.context_id for cx in assoc.accepted_contexts
+                       if cx.abstract_syntax == sop_class_uid and cx.as_scu
+                       and cx.transfer_syntax[0] == transfer_syntax), None)
+    if context_id is None:
+        return None
+    try:
+        return send_stored_file(assoc, context_id, path, sop_class_uid, sop_instance_uid, msg_id,
+                                move_originator)
+    except ValueError:  # a file without a meta group length: pynetdicom finds the dataset
+        return None
+
+
+class _DirectSending:
+    """Whether outgoing C-STOREs of stored files use scu.direct_store (tests switch it off to
+    run the same exchanges through pynetdicom)."""
+
+    enabled = True
+
+
+direct_sending = _DirectSending()
 
 
 def send_instances(settings: Settings, remote: Remote, instances: Sequence[Sendable],

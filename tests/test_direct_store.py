@@ -1,0 +1,146 @@
+"""The outgoing C-STORE fast path (scu.direct_store): its command set equals pynetdicom's, and
+live exchanges give the same results with it and through pynetdicom."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+
+import scu.store as store
+from scu.association import Remote, associate, client_ae
+from scu.direct_store import dataset_offset, store_command_set
+from tests.helpers import make_dataset
+from tests.test_scu_store import dataset_bytes, part10, store_with  # noqa: F401 - fixture
+
+
+def stock_command_set(originator: tuple[str, int] | None) -> bytes:
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    request.AffectedSOPInstanceUID = "1.2.3.4.55"  # odd length: padded
+    request.Priority = 0
+    request.DataSet = io.BytesIO(b"\x08\x00\x16\x00")
+    if originator is not None:
+        request.MoveOriginatorApplicationEntityTitle, request.MoveOriginatorMessageID = originator
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    pdata = next(iter(message.encode_msg(1, 16384)))
+    (_, pdv), = pdata.presentation_data_value_list[:1]
+    assert pdv[0] == 0x03
+    return pdv[1:]
+
+
+@pytest.mark.parametrize("originator", [None, ("MOVER", 513), ("ODD", 1)])
+def test_command_set_equals_pynetdicoms(originator: tuple[str, int] | None) -> None:
+    direct = store_command_set("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.55", 7, originator)
+    assert direct == stock_command_set(originator)
+
+
+def test_dataset_offset_of_a_part10_file() -> None:
+    data = part10(make_dataset())
+    assert data[dataset_offset(io.BytesIO(data)):] == dataset_bytes(data)
+    with pytest.raises(ValueError):
+        dataset_offset(io.BytesIO(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB"))
+
+
+class RecordingSCP:
+    """A storage SCP in this process that keeps what each C-STORE-RQ carried."""
+
+    def __init__(self, statuses: dict[str, int] | None = None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.statuses = statuses or {}
+        ae = AE(ae_title="RECORDER")
+        ae.supported_contexts = AllStoragePresentationContexts
+        for cx in ae.supported_contexts:
+            cx.transfer_syntax = [ExplicitVRLittleEndian, RLELossless]
+        self.server = ae.start_server(("127.0.0.1", 0), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+        self.remote = Remote("RECORDER", "127.0.0.1", self.server.server_address[1])
+
+    def on_store(self, event: Any) -> Any:
+        request = event.request
+        uid = str(request.AffectedSOPInstanceUID)
+        self.requests.append({"uid": uid, "data": request.DataSet.getvalue(),
+                              "syntax": str(event.context.transfer_syntax),
+                              "originator": (request.MoveOriginatorApplicationEntityTitle,
+                                             request.MoveOriginatorMessageID)})
+        status = self.statuses.get(uid, 0x0000)
+        if status == 0x0000:
+            return status
+        from pydicom.dataset import Dataset
+
+        rsp = Dataset()
+        rsp.Status = status
+        rsp.ErrorComment = "no room"
+        return rsp
+
+
+@pytest.fixture
+def recorder() -> Iterator[type[RecordingSCP]]:
+    started: list[RecordingSCP] = []
+
+    def start(**kwargs: Any) -> RecordingSCP:
+        scp = RecordingSCP(**kwargs)
+        started.append(scp)
+        return scp
+
+    yield start  # type: ignore[misc]
+    for scp in started:
+        scp.server.shutdown()
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "pynetdicom"])
+def direct(request, monkeypatch) -> Iterator[bool]:
+    """Both ways, counting the C-STOREs that went through pynetdicom's send_c_store."""
+    monkeypatch.setattr(store.direct_sending, "enabled", request.param)
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # restored by conftest
+    yield request.param
+
+
+def test_stored_bytes_and_statuses_either_way(direct: bool, recorder, store_with, monkeypatch) -> None:
+    first = make_dataset()
+    datasets = [make_dataset(study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID,
+                             instance_number=n) for n in range(1, 6)]
+    datasets[3].compress(RLELossless, generate_instance_uid=False)
+    scp = recorder(statuses={str(datasets[1].SOPInstanceUID): 0xA700})
+    node, instances = store_with(datasets, {})
+    through_pynetdicom: list[Any] = []
+    original = Association.send_c_store
+    monkeypatch.setattr(Association, "send_c_store",
+                        lambda self, *a, **k: through_pynetdicom.append(a) or original(self, *a, **k))
+    summary = store.send_instances(node.settings, scp.remote, instances)
+    assert len(through_pynetdicom) == (0 if direct else 5)
+    results = {r.sop_instance_uid: r for r in summary.results}
+    assert results[str(datasets[1].SOPInstanceUID)].status == 0xA700
+    assert results[str(datasets[1].SOPInstanceUID)].error == "no room"
+    assert summary.count("success") == 4
+    by_uid = {r["uid"]: r for r in scp.requests}
+    for ds in datasets:
+        sent = by_uid[str(ds.SOPInstanceUID)]
+        assert sent["data"] == dataset_bytes(part10(ds))  # as stored, RLE included
+        assert sent["syntax"] == ds.file_meta.TransferSyntaxUID
+        assert sent["originator"] == (None, None)
+
+
+def test_move_originator_is_sent(direct: bool, recorder, store_with) -> None:
+    ds = make_dataset()
+    scp = recorder()
+    node, (inst,) = store_with([ds], {})
+    assoc = associate(client_ae(node.settings), scp.remote, store.contexts_for([inst]))
+    try:
+        result = store.send_one(assoc, inst, node.settings.data_dir, msg_id=3,
+                                move_originator=("MOVER", 513))
+    finally:
+        assoc.release()
+    assert result.status == 0x0000
+    assert scp.requests[0]["originator"] == ("MOVER", 513)
+    assert scp.requests[0]["data"] == dataset_bytes(part10(ds))

@@ -340,7 +340,10 @@ def test_abandoned_upload_expires_and_its_bytes_are_freed(up: Uploads, dicom: by
     assert up.patch(session, 0, dicom[:500]).status_code == 204
     part = up.world.settings.data_dir / "uploads" / f"{session['sessionId']}.part"
     assert part.stat().st_size == 500
+    waiting = up.ready(b"z" * 100)
     up.now += dt.timedelta(seconds=up.world.settings.uploads.expire_after_seconds + 1)
+    late = up.client.put(f"{BASE}{waiting['sessionId']}/metadata", json={}, headers=up.headers())
+    assert late.status_code == 409 and up.get(waiting)["status"] == "EXPIRED"
     assert up.head(session).status_code == 410
     assert up.patch(session, 500, dicom[500:]).status_code == 410
     assert up.get(session)["status"] == "EXPIRED"

@@ -149,21 +149,21 @@ class UploadSessions:
         for this order: one file is never uploaded, nor stored, twice."""
         if new.size > self.limits.max_size:
             raise TooLarge(f"size {new.size} exceeds the node's limit of {self.limits.max_size} bytes")
-        with database.connection_context():
-            for _ in range(2):
-                now = self.now()
-                record, created = self._write(lambda: db.create_session(
-                    session_id=str(uuid.uuid4()), owner=caller.username, file_name=new.file_name,
-                    size=new.size, sha256=new.sha256, content_type=new.content_type,
-                    order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now)))
-                if created:
-                    return record, True
-                if record.size != new.size:
-                    raise IdentityConflict(f"session {record.session_id} has this SHA-256 with size "
-                                           f"{record.size}, not {new.size}", record.status)
+        for _ in range(2):
+            now = self.now()
+            record, created = self._write(lambda: db.create_session(
+                session_id=str(uuid.uuid4()), owner=caller.username, file_name=new.file_name,
+                size=new.size, sha256=new.sha256, content_type=new.content_type,
+                order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now)))
+            if created:
+                return record, True
+            if record.size != new.size:
+                raise IdentityConflict(f"session {record.session_id} has this SHA-256 with size "
+                                       f"{record.size}, not {new.size}", record.status)
+            with database.connection_context():
                 record = self._expire_if_due(record)
-                if record.status != db.EXPIRED:  # expired just now: its key is free, try again
-                    return record, False
+            if record.status != db.EXPIRED:  # expired just now: its key is free, try again
+                return record, False
         raise InvalidTransition("the session for this file keeps expiring; try again")  # pragma: no cover
 
     def get(self, caller: Caller, session_id: str) -> db.SessionRecord:
@@ -172,33 +172,36 @@ class UploadSessions:
 
     def put_metadata(self, caller: Caller, session_id: str, metadata: dict[str, Any]) -> db.SessionRecord:
         """Metadata comes before the bytes; it may be replaced until the first byte arrives."""
-        with database.connection_context():
-            record = self._visible(caller, session_id)
+
+        def store(record: db.SessionRecord) -> db.SessionRecord:
             for name, column in IDENTITY_FIELDS.items():
                 if name in metadata and metadata[name] != getattr(record, column):
                     raise IdentityConflict(f"{name} is fixed when the session is created", record.status)
-            now = self.now()
-            return self._move(record, caller, expect=(db.QUEUED, db.METADATA_UPLOADED),
-                              steps=(db.METADATA_UPLOADED,), detail="metadata stored",
-                              what="store metadata", metadata=metadata, expires_at=self._expiry(now))
+            return self._move_here(record, caller, expect=(db.QUEUED, db.METADATA_UPLOADED),
+                                   steps=(db.METADATA_UPLOADED,), detail="metadata stored",
+                                   what="store metadata", metadata=metadata, expires_at=self._expiry(self.now()))
+
+        return self._step(caller, session_id, store)
 
     def acknowledge(self, caller: Caller, session_id: str, server_image_id: str) -> db.SessionRecord:
         """SYNCED -> ACK_RECEIVED: the client may now delete its copy. Repeating it is harmless."""
-        with database.connection_context():
-            record = self._visible(caller, session_id)
+
+        def confirm(record: db.SessionRecord) -> db.SessionRecord:
             if record.status in (db.SYNCED, db.ACK_RECEIVED) and server_image_id != record.server_image_id:
                 raise InvalidTransition(f"serverImageId {server_image_id!r} is not this session's "
                                         f"image ({record.server_image_id})", record.status)
             if record.status == db.ACK_RECEIVED:
                 return record
             try:
-                return self._move(record, caller, expect=(db.SYNCED,), steps=(db.ACK_RECEIVED,),
-                                  detail="the client confirmed the stored image", what="acknowledge")
+                return self._move_here(record, caller, expect=(db.SYNCED,), steps=(db.ACK_RECEIVED,),
+                                       detail="the client confirmed the stored image", what="acknowledge")
             except InvalidTransition:
                 current = self._reload(record)  # two clients of one file acknowledged at once
                 if current.status == db.ACK_RECEIVED and current.server_image_id == server_image_id:
                     return current
                 raise
+
+        return self._step(caller, session_id, confirm)
 
     def retry(self, caller: Caller, session_id: str) -> db.SessionRecord:
         """FAILED -> again. Sound kept bytes (the digest matched) are ingested again at once;
@@ -338,9 +341,11 @@ class UploadSessions:
 
     def _expire_if_due(self, record: db.SessionRecord) -> db.SessionRecord:
         now = self.now()
-        if record.status in db.PENDING and record.expires_at is not None and record.expires_at <= now:
-            return self._expire(record, now)
-        return record
+        return self._expire(record, now) if self._due(record, now) else record
+
+    @staticmethod
+    def _due(record: db.SessionRecord, now: dt.datetime) -> bool:
+        return record.status in db.PENDING and record.expires_at is not None and record.expires_at <= now
 
     def _expire(self, record: db.SessionRecord, now: dt.datetime) -> db.SessionRecord:
         with self.parts.locked(record.session_id) as part:
@@ -373,6 +378,36 @@ class UploadSessions:
         current = db.get_session(record.session_id)
         assert current is not None  # sessions are never deleted
         return current
+
+    def _step(self, caller: Caller, session_id: str,
+              step: Callable[[db.SessionRecord], db.SessionRecord]) -> db.SessionRecord:
+        """Read the caller's session and apply ``step`` in one catalogue transaction of the
+        writer thread: no connection of the request's own (opening one costs more than the
+        step). A session due to expire (or a server without a writer) takes the ordinary way,
+        where it is expired under its part file's lock first."""
+
+        def read_and_step() -> db.SessionRecord | None:
+            record = db.get_session(session_id)
+            if record is None or (record.owner != caller.username and not caller.admin):
+                raise SessionNotFound(f"no upload session {session_id}")
+            return None if self._due(record, self.now()) else step(record)
+
+        result = self._group.write(read_and_step) if self._group is not None else None
+        if result is not None:
+            return result
+        with database.connection_context():
+            record = self._visible(caller, session_id)  # expired here if due (its own write)
+            return self._write(lambda: step(record))
+
+    def _move_here(self, record: db.SessionRecord, caller: Caller, *, expect: tuple[str, ...],
+                   steps: tuple[str, ...], detail: str, what: str, **changes: Any) -> db.SessionRecord:
+        """``_move`` inside a transaction already open (the writer's, or a read-only server's)."""
+        try:
+            return db.move(record.session_id, expect=expect, steps=steps, username=caller.username,
+                           detail=detail, now=self.now(), **changes)
+        except db.StaleSession as exc:
+            raise InvalidTransition(f"cannot {what}: the session is {exc.current.status}",
+                                    exc.current.status) from None
 
     def _move(self, record: db.SessionRecord, caller: Caller, *, expect: tuple[str, ...],
               steps: tuple[str, ...], detail: str, what: str, expect_offset: int | None = None,

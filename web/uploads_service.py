@@ -1,20 +1,7 @@
 """Upload sessions: the state machine, the part bytes, and the hand-over to the one ingest path.
 
 Plain Python, no Starlette: ``web.uploads`` (JSON) and ``web.uploads_tus`` (tus 1.0.0) are its
-HTTP edges and map these exceptions to statuses there.
-
-    UploadError
-    ├── SessionNotFound         no such session, or another user's                   404
-    ├── SessionExpired          abandoned and expired, its bytes freed               410
-    ├── InvalidTransition       not allowed from the session's status                409
-    │   ├── RetriesExhausted    uploads.max_retries reached                          409
-    │   └── IdentityConflict    an identity field would change                       409
-    ├── OffsetMismatch          Upload-Offset is not the session's offset            409
-    ├── BeyondSize              the chunk runs past the declared size                400
-    ├── TooLarge                the declared size exceeds uploads.max_size           413
-    ├── ChunkChecksumMismatch   Upload-Checksum does not match the chunk             460
-    └── IngestUnavailable       the store failed for a reason of its own             503
-    node.errors.StorageFull     the disk is full: the chunk is refused, nothing lost 507
+HTTP edges and map its exceptions (the tree is drawn in ``web.uploads_types``) to statuses there.
 
 Why the order of things: a chunk is durable in its part file before its offset is committed;
 the last chunk is checked against the declared SHA-256 and ingested before the session says
@@ -25,11 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import logging
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,6 +25,22 @@ from node.config import UploadSettings
 from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
 from web.uploads_commit import GroupWriter
 from web.uploads_parts import Part, PartFiles
+from web.uploads_types import (  # noqa: F401 - re-exported: the service's vocabulary
+    BeyondSize,
+    Caller,
+    ChunkChecksum,
+    ChunkChecksumMismatch,
+    IdentityConflict,
+    IngestUnavailable,
+    InvalidTransition,
+    NewSession,
+    OffsetMismatch,
+    RetriesExhausted,
+    SessionExpired,
+    SessionNotFound,
+    TooLarge,
+    UploadError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,84 +51,6 @@ SYSTEM_USER = "system"
 # JSON names of the fields fixed at creation (metadata may not restate them differently)
 IDENTITY_FIELDS = {"sessionId": "session_id", "fileName": "file_name", "size": "size",
                    "sha256": "sha256", "contentType": "content_type", "orderId": "order_id"}
-
-
-class UploadError(Exception):
-    """Base of the upload session errors; the message is safe to show to the client."""
-
-
-class SessionNotFound(UploadError):
-    pass
-
-
-class SessionExpired(UploadError):
-    pass
-
-
-class InvalidTransition(UploadError):
-    def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RetriesExhausted(InvalidTransition):
-    pass
-
-
-class IdentityConflict(InvalidTransition):
-    pass
-
-
-class OffsetMismatch(UploadError):
-    def __init__(self, expected: int) -> None:
-        super().__init__(f"Upload-Offset must be {expected}, the bytes received so far")
-        self.expected = expected
-
-
-class BeyondSize(UploadError):
-    pass
-
-
-class TooLarge(UploadError):
-    pass
-
-
-class ChunkChecksumMismatch(UploadError):
-    pass
-
-
-class IngestUnavailable(UploadError):
-    pass
-
-
-@dataclass(frozen=True)
-class Caller:
-    username: str
-    admin: bool = False
-
-
-@dataclass(frozen=True)
-class NewSession:
-    file_name: str
-    size: int
-    sha256: str
-    content_type: str
-    order_id: str | None = None
-    metadata: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class ChunkChecksum:
-    """An Upload-Checksum header: the algorithm and the chunk's raw digest (tus checksum)."""
-
-    algorithm: str  # a hashlib name: sha1 or sha256
-    digest: bytes
-
-    def matches(self, chunk: bytes, sha256: bytes | None = None) -> bool:
-        """``sha256``: the chunk's SHA-256 when already computed (not hashed twice)."""
-        actual = sha256 if sha256 is not None and self.algorithm == "sha256" else \
-            hashlib.new(self.algorithm, chunk).digest()
-        return hmac.compare_digest(actual, self.digest)
 
 
 class UploadSessions:

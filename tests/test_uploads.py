@@ -457,3 +457,22 @@ def test_cors_exposes_the_tus_headers(make_settings, dicom: bytes) -> None:
 def test_no_cors_headers_without_origins(up: Uploads, dicom: bytes) -> None:
     answer = up.client.get("/healthz", headers={"Origin": "https://viewer.example"})
     assert "access-control-allow-origin" not in answer.headers
+
+
+def test_whole_flow_on_both_catalogues(make_settings, database_url: str, dicom: bytes) -> None:
+    """The statements written by hand in db.uploads, on SQLite and on PostgreSQL."""
+    for up in _world(make_settings, database={"url": database_url}):
+        session = up.ready(dicom, orderId="O1", metadata={"k": "v"})
+        assert up.create(dicom, orderId="O1").json()["sessionId"] == session["sessionId"]
+        assert up.patch(session, 0, dicom[:2000]).status_code == 204
+        assert up.patch(session, 0, dicom[:2000]).status_code == 409
+        assert up.patch(session, 2000, dicom[2000:]).headers["upload-session-status"] == "SYNCED"
+        state = up.get(session)
+        assert state["metadata"] == {"source": "test"} and state["uploadOffset"] == len(dicom)
+        assert up.post(session, "acknowledge", {"serverImageId": state["serverImageId"]}).json()["status"] == \
+            "ACK_RECEIVED"
+        events = up.client.get(f"{BASE}{session['sessionId']}/events", headers=up.headers()).json()["events"]
+        assert [e["to"] for e in events] == ["QUEUED", "METADATA_UPLOADED", "BINARY_UPLOADING", "SYNCED",
+                                             "ACK_RECEIVED"]
+        listed = up.client.get(BASE + "?status=synced&orderId=O1", headers=up.headers()).json()["sessions"]
+        assert [s["sessionId"] for s in listed] == [session["sessionId"]]

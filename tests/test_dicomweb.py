@@ -637,3 +637,15 @@ def test_single_part_instance_and_frame(web):
                    headers={"Accept": "application/octet-stream"}).status_code == 406
     study = web.get(f"{ROOT}/studies/{ds.StudyInstanceUID}", headers={"Accept": "application/dicom"})
     assert study.status_code == 200  # one instance in the study: a single part will do
+
+
+def test_retrieve_as_stored_announces_its_length(web):
+    study_a, _, _ = _two_studies(web)
+    ds = _rle_dataset(study_uid=study_a)
+    web.ingest(ds)
+    stored = web.get(f"{ROOT}/studies/{study_a}", headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert int(stored.headers["content-length"]) == len(stored.content) and len(_parts(stored)) == 5
+    converted = web.get(f"{ROOT}/studies/{study_a}", headers={
+        "Accept": 'multipart/related; type="application/dicom"'})
+    assert "content-length" not in converted.headers and len(_parts(converted)) == 5

@@ -24,8 +24,9 @@ from web.dicomweb import dicomjson
 from web.dicomweb.accept import DICOM, DICOM_JSON, accepted, dicom_range, require_json
 from web.dicomweb.access import audit, require_read
 from web.dicomweb.errors import NotAcceptable
-from web.dicomweb.multipart import multipart_body, multipart_type, new_boundary
+from web.dicomweb.multipart import closing, multipart_type, new_boundary, part_head
 from web.dicomweb.resources import absolute, instance_path, named_files, pixel_vr, service_url
+from web.dicomweb.streaming import PrefetchingResponse, packed, stored_length
 from web.dicomweb.transcode import instance_chunks, instance_target
 from web.errors import NotFound
 
@@ -63,18 +64,29 @@ def retrieve(request: Request) -> Response:
         raise NotFound(f"the files of {len(missing)} instance(s) are missing from storage, "
                        f"first {missing[0]}")
     audit(request, who, [files[0].study_uid], "dicomweb-retrieve")
+    as_stored = all(targets[f.transfer_syntax] == f.transfer_syntax for f in files)
     if not multipart:
-        target = targets[files[0].transfer_syntax]
-        return StreamingResponse(instance_chunks(paths[0], files[0].transfer_syntax, target),
-                                 media_type=f"{DICOM}; transfer-syntax={target}")
+        stored, target = files[0].transfer_syntax, targets[files[0].transfer_syntax]
+        return PrefetchingResponse(packed(instance_chunks(paths[0], stored, target)),
+                                   f"{DICOM}; transfer-syntax={target}",
+                                   stored_length([], paths, b"") if as_stored else None)
     boundary = new_boundary()
     sent = set(targets.values())
-    parts = ((f"{DICOM}; transfer-syntax={targets[f.transfer_syntax]}",
-              instance_chunks(path, f.transfer_syntax, targets[f.transfer_syntax]))
-             for f, path in zip(files, paths))
-    return StreamingResponse(
-        multipart_body(boundary, parts),
-        media_type=multipart_type(DICOM, boundary, sent.pop() if len(sent) == 1 else None))
+    heads = [part_head(boundary, f"{DICOM}; transfer-syntax={targets[f.transfer_syntax]}", i == 0)
+             for i, f in enumerate(files)]
+    tail = closing(boundary)
+    return PrefetchingResponse(
+        packed(_multipart_chunks(files, paths, heads, tail, targets)),
+        multipart_type(DICOM, boundary, sent.pop() if len(sent) == 1 else None),
+        stored_length(heads, paths, tail) if as_stored else None)
+
+
+def _multipart_chunks(files: list[InstanceFile], paths: list[Path], heads: list[bytes],
+                      tail: bytes, targets: dict[str, str]) -> Iterator[bytes]:
+    for f, path, head in zip(files, paths, heads):
+        yield head
+        yield from instance_chunks(path, f.transfer_syntax, targets[f.transfer_syntax])
+    yield tail
 
 
 def metadata(request: Request) -> Response:

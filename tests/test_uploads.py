@@ -476,3 +476,28 @@ def test_whole_flow_on_both_catalogues(make_settings, database_url: str, dicom: 
                                              "ACK_RECEIVED"]
         listed = up.client.get(BASE + "?status=synced&orderId=O1", headers=up.headers()).json()["sessions"]
         assert [s["sessionId"] for s in listed] == [session["sessionId"]]
+
+
+def test_a_chunk_cut_off_by_a_disconnect_keeps_nothing(up: Uploads, dicom: bytes) -> None:
+    import anyio
+
+    session = up.ready(dicom)
+    app = up.client.app
+    token = up.headers()["Authorization"].encode()
+    messages = [{"type": "http.request", "body": dicom[:500], "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "PATCH", "path": session["uploadUrl"], "raw_path": session["uploadUrl"].encode(),
+             "query_string": b"", "root_path": "", "scheme": "http", "server": ("testserver", 80),
+             "client": ("127.0.0.1", 1234), "http_version": "1.1", "asgi": {"version": "3.0"},
+             "headers": [(b"authorization", token), (b"tus-resumable", b"1.0.0"), (b"upload-offset", b"0"),
+                         (b"content-type", OCTETS.encode()), (b"content-length", str(len(dicom)).encode())]}
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert up.head(session).headers["upload-offset"] == "0"

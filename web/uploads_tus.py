@@ -17,7 +17,7 @@ from email.utils import format_datetime
 
 from starlette.authentication import requires
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -119,7 +119,10 @@ async def patch(request: Request) -> Response:
         raise UnsupportedMedia(f"Content-Type must be {OFFSET_TYPE}, got {content_type[:60]!r}")
     offset = _offset(request)
     checksum = parse_checksum(request.headers.get("upload-checksum"))
-    chunk = await request.body()
+    try:
+        chunk = await request.body()
+    except ClientDisconnect:  # nothing of a cut chunk is kept; the client resumes from HEAD
+        raise BadRequest("the connection closed before the whole chunk arrived; nothing was kept") from None
     record = await run_in_threadpool(sessions_of(request).append, caller_of(request), session_id, offset,
                                      chunk, checksum)
     return Response(status_code=204, headers=_state_headers(record))

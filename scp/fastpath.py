@@ -37,7 +37,7 @@ from typing import Any, cast
 
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
@@ -468,7 +468,7 @@ class FastDIMSE(DIMSEServiceProvider):
     def send_msg(self, primitive: Any, context_id: int) -> None:
         encoded = _plain_store_response(primitive) or _plain_find_response(primitive)
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            super().send_msg(primitive, context_id)
+            self._send_encoded(primitive, context_id)
             return
         pdvs = [b"\x03" + encoded]
         identifier = getattr(primitive, "Identifier", None)
@@ -477,7 +477,7 @@ class FastDIMSE(DIMSEServiceProvider):
             pdvs.append(b"\x02" + identifier.getvalue())
         max_pdu = self.maximum_pdu_size
         if max_pdu and sum(len(p) + 6 for p in pdvs) > max_pdu:  # let pynetdicom split it
-            super().send_msg(primitive, context_id)
+            self._send_encoded(primitive, context_id)
             return
         pending_answer = isinstance(primitive, C_FIND) and primitive.Status in (0xFF00, 0xFF01)
         if self.dul.send_pdata_now(context_id, *pdvs, hold=pending_answer):
@@ -485,6 +485,39 @@ class FastDIMSE(DIMSEServiceProvider):
         pdata = P_DATA()
         pdata.presentation_data_value_list.extend((context_id, p) for p in pdvs)
         self.dul.send_pdu(pdata)
+
+
+    def _send_encoded(self, primitive: Any, context_id: int) -> None:
+        """pynetdicom's send_msg, its P-DATA PDUs written from this thread (DT-1 in Sta6)
+        rather than queued one by one for the DUL thread.
+
+        A C-GET sub-operation's C-STORE-RQ of a CT slice is some thirty PDUs at a peer's
+        16 kB: queued, each cost a wake-up of the DUL thread, a state machine action and a
+        hand-over of the GIL, most of a sub-operation's time. Written here, the PDUs of a
+        message leave in writes of up to HOLD_LIMIT bytes. Every P-DATA sent from this
+        association's threads takes this path or ``send_pdata_now`` (the same lock), so
+        messages keep their order; with PDU-level handlers bound, or outside Sta6, the
+        PDUs are queued for the DUL thread as upstream does.
+        """
+        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT) or not self.dul._pdata_fast():
+            super().send_msg(primitive, context_id)
+            return
+        message_class = (_RQ_TO_MESSAGE if primitive.MessageIDBeingRespondedTo is None
+                         else _RSP_TO_MESSAGE)[primitive.__class__]
+        message = message_class()
+        message.primitive_to_message(primitive)
+        message.context_id = context_id
+        queued = False
+        pdus = message.encode_msg(context_id, self.maximum_pdu_size)
+        pdata = next(pdus, None)
+        while pdata is not None:
+            following = next(pdus, None)
+            pdvs = [pdv for _, pdv in pdata.presentation_data_value_list]
+            # held back while more of the message follows: it leaves in fewer, larger writes
+            if queued or not self.dul.send_pdata_now(context_id, *pdvs, hold=following is not None):
+                queued = True  # the association is ending: the rest goes the usual way
+                self.dul.send_pdu(pdata)
+            pdata = following
 
 
 _STORE_RSP_FIELDS = {"MessageIDBeingRespondedTo", "AffectedSOPClassUID",

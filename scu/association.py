@@ -42,11 +42,26 @@ def own_address(settings: Settings) -> Remote:
     return Remote(settings.node.ae_title, host, settings.dicom.port)
 
 
+# pynetdicom's DUL thread, when it finds nothing to do, sleeps this long before it looks at
+# the socket again (upstream: 1 ms)
+DUL_IDLE_SLEEP = 0.0001
+
+
 def set_no_delay(event: Any) -> None:
     """Nagle plus delayed ACK stalls each DIMSE message ~40 ms on loopback (DESIGN.md)."""
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def shorten_idle_sleep(event: Any) -> None:
+    """For an association that sends a run of C-STOREs (``send``, forwarding, a C-MOVE's
+    sub-operations): its DUL thread waits for each response by looking at the socket once a
+    millisecond, so every reply waited 0.5 ms or more; at 0.1 ms a C-MOVE of 500 CT slices
+    to storescp went from about 1.95 s to 1.5 s here. The cost is a thread waking 10,000
+    times a second while such an association is open, so associations that mostly wait
+    (C-FIND, a retrieval's C-MOVE) keep pynetdicom's millisecond."""
+    event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP
 
 
 def client_ae(settings: Settings, calling_ae: str | None = None, timeout: float | None = None) -> AE:

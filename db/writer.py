@@ -173,9 +173,22 @@ class CatalogueWriter:
                 if stop:
                     return
 
+    def _transaction(self) -> Any:
+        """A transaction that takes SQLite's write lock when it begins (BEGIN IMMEDIATE).
+
+        A deferred one reads first and asks for the lock at its first write; if another
+        connection (a command line process creating a retrieval job, a retrieval runner
+        recording progress) committed in between, SQLite refuses the upgrade at once with
+        "database is locked", without waiting the busy timeout, and a C-STORE was answered
+        0xA700. Taking the lock first makes such a writer wait its turn instead.
+        """
+        if isinstance(self.db, SqliteDatabase):
+            return self.db.atomic(lock_type="IMMEDIATE")
+        return self.db.atomic()
+
     def _run_call(self, work: Callable[[], Any], future: Future) -> None:
         try:
-            with self.db.atomic():
+            with self._transaction():
                 result = work()
         except Exception as exc:  # noqa: BLE001 - handed to the caller
             self.cache.clear()
@@ -187,7 +200,7 @@ class CatalogueWriter:
         """``fresh``: the hierarchy cache was emptied for this attempt (no retry on failure)."""
         new_rows: list[int] = []
         try:
-            with self.db.atomic():
+            with self._transaction():
                 results = index_batch([(r, replace) for r, replace, _, _ in batch], self.cache)
                 if self.on_indexed is not None:
                     self.on_indexed([(item[0], result) for item, result in zip(batch, results)])

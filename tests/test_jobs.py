@@ -22,7 +22,7 @@ from db.catalogue import open_database
 from db.models import Instance, database
 from node.runtime import Node
 from scu.jobs import create_job, get_job, series_rows
-from tests.helpers import free_port, make_dataset, node_process, run_cli, write_config
+from tests.helpers import free_port, make_dataset, node_process, run_cli, write_config, write_node_config
 
 LEVEL_KEYS = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
@@ -219,7 +219,7 @@ def test_restarted_node_resumes_the_job(scripted, tmp_path: Path) -> None:
     archive = scripted(datasets, move="slow", delay=0.08)
     port = free_port()
     archive.destinations["PACSNODE"] = ("127.0.0.1", port)
-    config = write_config(tmp_path, port=port, extra=(
+    config = write_node_config(tmp_path, port=port, extra=(
         f'[remotes.SCRIPTED]\nhost = "127.0.0.1"\nport = {archive.port}\n'
         "[retrieve]\nmax_associations = 1\nretry_delay = 0.05\n"))
     db = open_database("", tmp_path / "data")

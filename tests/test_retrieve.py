@@ -14,7 +14,7 @@ import pytest
 from db.models import Instance, database
 from node.runtime import Node
 from scu.jobs import create_job, get_job, series_rows
-from tests.helpers import free_port, make_dataset, node_process, run_cli, write_config
+from tests.helpers import free_port, make_dataset, node_process, run_cli, write_node_config
 from tests.test_scu_find import OrthancArchive, orthanc_archive, pytestmark  # noqa: F401
 
 FAST_RETRY = {"retry_delay": 0.05, "max_retry_delay": 0.2}
@@ -121,7 +121,7 @@ def test_retrieve_command_follows_the_serving_node(tmp_path: Path, archive) -> N
     archive.upload([ds for s in series for ds in s])
     port = free_port()
     archive.add_modality("PACSNODE", port)
-    config = write_config(tmp_path, port=port, extra=(
+    config = write_node_config(tmp_path, port=port, extra=(
         f'[remotes.ORTHANC]\nhost = "127.0.0.1"\nport = {archive.port}\n'
         '[retrieve]\nmax_associations = 2\nretry_delay = 0.1\n'))
     queued = run_cli(config, "retrieve", "--from", "ORTHANC", "--patient", "RET-CLI", "--no-wait")

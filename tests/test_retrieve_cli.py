@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from scu.cli import JobProgress
 from scu.jobs import JobView, SeriesProgress
-from tests.helpers import free_port, node_process, run_cli, write_config
+from tests.helpers import free_port, node_process, run_cli, write_node_config
 from tests.test_jobs import ScriptedArchive, make_series
 from tests.test_scu_store import part10
 
@@ -55,7 +55,7 @@ def archive() -> Iterator[ScriptedArchive]:
 
 def node_config(tmp_path: Path, archive: ScriptedArchive, port: int, attempts: int = 3) -> Path:
     archive.destinations["PACSNODE"] = ("127.0.0.1", port)
-    return write_config(tmp_path, port=port, extra=(
+    return write_node_config(tmp_path, port=port, extra=(
         f'[remotes.SCRIPTED]\nhost = "127.0.0.1"\nport = {archive.port}\n'
         f"[retrieve]\nretry_delay = 0.05\nmax_retry_delay = 0.1\nmax_attempts = {attempts}\n"))
 

@@ -68,10 +68,10 @@ class StoredFile(Dataset):
 
 
 def send_stored_files(assoc: Association) -> None:
-    """Make ``assoc.send_c_store`` send a ``StoredFile`` as stored: written straight to the
-    socket where it can be (scu.direct_store: C-MOVE's outgoing association), else by path
-    through pynetdicom (streamed, with ``STORE_SEND_CHUNKED_DATASET``); any other dataset
-    goes on as before."""
+    """Make ``assoc.send_c_store`` send a ``StoredFile`` as stored: framed and written by
+    this side where it can be (scu.direct_store: C-MOVE's outgoing association, C-GET's
+    accepted one with the fast path), else by path through pynetdicom (streamed, with
+    ``STORE_SEND_CHUNKED_DATASET``); any other dataset goes on as before."""
     if getattr(assoc, "_sends_stored_files", False):
         return
     original = assoc.send_c_store

@@ -68,27 +68,60 @@ def dataset_offset(fp: Any) -> int:
     return 144 + length
 
 
+def store_pdvs(path: Path, sop_class_uid: str, sop_instance_uid: str, msg_id: int, max_pdu: int,
+               originator: tuple[str, int] | None = None) -> list[tuple[int, Any]]:
+    """(message control header, fragment) of each PDV of a C-STORE-RQ of the file's dataset
+    bytes, one PDV per PDU within the peer's maximum length (0: no limit). Raises OSError or
+    ValueError when the file cannot be read."""
+    with open(path, "rb") as fp:
+        offset = dataset_offset(fp)
+        fp.seek(offset)
+        data = fp.read()
+    chunk = max(max_pdu - 6, 1024) if max_pdu else max(len(data), 1)
+    pdvs: list[tuple[int, Any]] = [(0x03, store_command_set(sop_class_uid, sop_instance_uid, msg_id,
+                                                            originator))]
+    view = memoryview(data)
+    for start in range(0, len(view), chunk) if len(view) else [0]:
+        pdvs.append((0x02 if start + chunk >= len(view) else 0x00, view[start:start + chunk]))
+    return pdvs
+
+
 def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
                      sop_instance_uid: str, msg_id: int,
                      originator: tuple[str, int] | None = None) -> Dataset | None:
     """One C-STORE of the file's dataset bytes; the response's status Dataset (empty when
     none came: the association is then aborted, as pynetdicom does). Raises OSError or
     ValueError when the file cannot be read, before anything was sent."""
-    with open(path, "rb") as fp:
-        offset = dataset_offset(fp)
-        fp.seek(offset)
-        data = fp.read()
-    max_length = assoc.acceptor.maximum_length or 0
-    chunk = max(max_length - 6, 1024) if max_length else max(len(data), 1)
-    pdus = [_pdata(context_id, 0x03, store_command_set(sop_class_uid, sop_instance_uid, msg_id,
-                                                       originator))]
-    view = memoryview(data)
-    for start in range(0, len(view), chunk) if len(view) else [0]:
-        last = start + chunk >= len(view)
-        pdus.append(_pdata(context_id, 0x02 if last else 0x00, view[start:start + chunk]))
+    pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size,
+                      originator)
     pause_reactor(assoc)
-    _write(assoc, pdus)
+    _write(assoc, [_pdata(context_id, control, fragment) for control, fragment in pdvs])
     _, rsp = assoc.dimse.get_msg(block=True)
+    return _status(assoc, rsp, msg_id)
+
+
+def send_stored_file_in_reactor(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
+                                sop_instance_uid: str, msg_id: int) -> Dataset | None:
+    """A C-GET sub-operation: the same C-STORE-RQ, from the reactor thread of an accepted
+    association whose DUL is scp.fastpath's, through its ``send_pdata_now`` (the lock every
+    P-DATA of that association takes, so messages keep their order). None when that DUL is
+    not there or will not send now (the caller goes through pynetdicom)."""
+    send_now = getattr(assoc.dul, "send_pdata_now", None)
+    if send_now is None or assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        return None
+    pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size)
+    for n, (control, fragment) in enumerate(pdvs):
+        if not send_now(context_id, bytes((control,)) + bytes(fragment), hold=n < len(pdvs) - 1):
+            if n == 0:
+                return None
+            assoc.abort()  # the association ended part way through the message
+            return Dataset()
+    _, rsp = assoc.dimse.get_msg(block=True)
+    return _status(assoc, rsp, msg_id)
+
+
+def _status(assoc: Association, rsp: Any, msg_id: int) -> Dataset:
+    """The status Dataset of a C-STORE-RSP, as pynetdicom's ``send_c_store`` returns it."""
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()

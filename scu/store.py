@@ -16,6 +16,7 @@ A batch goes over one association (never one per instance); only a batch needing
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -32,7 +33,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 from node.config import Settings
 from scu.association import (Remote, associate, client_ae, let_reactor_resume, shorten_idle_sleep,
                               status_of)
-from scu.direct_store import can_send_directly, send_stored_file
+from scu.direct_store import can_send_directly, send_stored_file, send_stored_file_in_reactor
 from scu.errors import AssociationFailed
 
 log = logging.getLogger(__name__)
@@ -200,8 +201,10 @@ def send_file_directly(assoc: Association, path: Path, sop_class_uid: str, sop_i
                        transfer_syntax: str, msg_id: int,
                        move_originator: tuple[str, int] | None = None) -> Dataset | None:
     """A stored file, in its stored syntax, through scu.direct_store when the association
-    allows it; None when it does not (the caller sends through pynetdicom)."""
-    if not direct_sending.enabled or not can_send_directly(assoc):
+    allows it: an outgoing one (``send``, forwarding, C-MOVE), or an accepted one from its
+    own reactor thread (C-GET); None when it does not (the caller sends through pynetdicom)."""
+    in_reactor = threading.current_thread() is assoc and not assoc.is_requestor
+    if not direct_sending.enabled or not (in_reactor or can_send_directly(assoc)):
         return None
     context_id = next((cx.context_id for cx in assoc.accepted_contexts
                        if cx.abstract_syntax == sop_class_uid and cx.as_scu
@@ -209,6 +212,9 @@ def send_file_directly(assoc: Association, path: Path, sop_class_uid: str, sop_i
     if context_id is None:
         return None
     try:
+        if in_reactor:
+            return send_stored_file_in_reactor(assoc, context_id, path, sop_class_uid,
+                                               sop_instance_uid, msg_id)
         return send_stored_file(assoc, context_id, path, sop_class_uid, sop_instance_uid, msg_id,
                                 move_originator)
     except ValueError:  # a file without a meta group length: pynetdicom finds the dataset

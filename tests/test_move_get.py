@@ -241,14 +241,20 @@ def test_get_decompresses_for_a_requestor_taking_explicit_only(move_setup) -> No
 @pytest.mark.parametrize("move_setup", [True, False], ids=["fast-path", "stock-pynetdicom"],
                          indirect=True)
 def test_accepted_syntax_is_sent_from_the_stored_file(move_setup, tmp_path: Path, monkeypatch) -> None:
-    """A peer that takes the stored syntax gets the file's bytes by path: no dataset is read
-    and re-encoded (scp.retrieve.StoredFile), by C-MOVE and by C-GET alike."""
+    """A peer that takes the stored syntax gets the file's bytes as stored: no dataset is read
+    and re-encoded (scp.retrieve.StoredFile), by C-MOVE and by C-GET alike; they are framed
+    by scu.direct_store, not pynetdicom's send_c_store (for C-GET, with the fast path)."""
     import scp.retrieve as retrieve_scp
+    from pynetdicom.association import Association
 
     node, scp = move_setup
     read = []
     decode = retrieve_scp.dataset_to_send
     monkeypatch.setattr(retrieve_scp, "dataset_to_send", lambda *args: read.append(args) or decode(*args))
+    through_pynetdicom: list = []
+    send_c_store = Association.send_c_store
+    monkeypatch.setattr(Association, "send_c_store",
+                        lambda self, *a, **k: through_pynetdicom.append(a) or send_c_store(self, *a, **k))
     a = load_series(node, 3)
     moved = dcmtk("movescu", node, "-S", "-aem", "STORESCP", "-k", "QueryRetrieveLevel=STUDY",
                   "-k", f"StudyInstanceUID={a[0].StudyInstanceUID}")
@@ -259,6 +265,7 @@ def test_accepted_syntax_is_sent_from_the_stored_file(move_setup, tmp_path: Path
                 "-k", f"StudyInstanceUID={a[0].StudyInstanceUID}")
     assert "Number of Completed Suboperations : 3" in got.stderr, got.stderr
     assert not read
+    assert len(through_pynetdicom) == (0 if node.fast_path else 3)  # C-GET without the fast path
     received = [*scp.received().items(),
                 *((str(dcmread(p, stop_before_pixels=True).SOPInstanceUID), p.read_bytes())
                   for p in out.iterdir())]

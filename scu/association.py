@@ -107,14 +107,15 @@ def _close_socket(assoc: Association) -> None:
 
 
 def let_reactor_resume(assoc: Association, timeout: float = 1.0) -> None:
-    """Call after each ``send_c_store`` of a series sent back to back on one association.
+    """Call between requests sent back to back on one association (C-STOREs of a series,
+    the C-FINDs of a retrieval plan, its C-MOVEs).
 
     pynetdicom pauses the association's reactor thread for a request by clearing an event
     and waiting for its ``_is_paused`` flag, and resumes it when the response is in. If the
     next request comes before the reactor thread has woken up, the flag still says "paused"
     from the last one, the request goes out, and the reactor, waking, takes the response off
     the queue as an "unexpected C-STORE service message": the sender then waits the whole
-    DIMSE timeout and aborts. Seen with files sent by path (nothing to encode between two
+    DIMSE timeout and aborts (or, for a C-FIND, silently misses that answer). Seen with files sent by path (nothing to encode between two
     requests) on a loaded machine. Waiting here until the reactor has woken closes that
     window. Not needed, and skipped, when called from the reactor's own thread (C-GET).
     """

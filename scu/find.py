@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import Settings
-from scu.association import Remote, associate, client_ae, status_of
+from scu.association import Remote, associate, client_ae, let_reactor_resume, status_of
 from scu.errors import AssociationFailed, RemoteStatusError
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -104,6 +104,7 @@ def row_of(ds: Dataset) -> dict[str, str]:
 
 def find_on(assoc: Association, root: str, identifier: Dataset) -> Iterator[Dataset]:
     """Pending identifiers until Success; a failure status raises RemoteStatusError."""
+    let_reactor_resume(assoc)  # queries run back to back on one association (retrieval plans)
     for status_ds, answer in assoc.send_c_find(identifier, FIND_MODELS[root]):
         status = status_of(status_ds)
         if status is None:

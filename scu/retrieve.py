@@ -30,7 +30,7 @@ from db.query import KEYS
 from node.config import Settings
 from node.ingest import Ingestor
 from scp.storage import handle_store
-from scu.association import associate, client_ae, remote_named, status_of
+from scu.association import associate, client_ae, let_reactor_resume, remote_named, status_of
 from scu.errors import AssociationFailed, RemoteStatusError
 from scu.find import build_identifier, find_contexts, find_on, row_of
 from scu.jobs import SeriesPlan, instance_uids_of, present_uids
@@ -180,6 +180,7 @@ class Fetcher:
 
     def _responses(self, assoc: Association, job: RetrieveJob, identifier: Dataset,
                    msg_id: int) -> Iterator[tuple[Dataset, Dataset | None]]:
+        let_reactor_resume(assoc)  # one request per identifier, back to back
         if job.method == "get":
             return assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet, msg_id=msg_id)
         return assoc.send_c_move(identifier, self.settings.node.ae_title,

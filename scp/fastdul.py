@@ -263,6 +263,27 @@ class FastDUL(DULServiceProvider):
                 self._flush_held()
         return True
 
+    def send_pdus_now(self, parts: list[Any]) -> bool:
+        """Whole P-DATA-TF PDUs, framed by the caller (headers and fragments in order), as
+        one write from the calling thread (DT-1 in Sta6) together with whatever is held (a
+        C-GET's Pending response goes out with the next sub-operation's C-STORE-RQ): the
+        pieces are joined once. False, with nothing of ``parts`` sent, in the cases where
+        ``send_pdata_now`` returns False."""
+        if not self._pdata_fast():
+            with self._send_lock:
+                self._flush_held()
+            return False
+        with self._send_lock:
+            transport = self.socket
+            if transport is None or transport.socket is None or self.state_machine.current_state != "Sta6":
+                self._flush_held()
+                return False
+            held = self.__dict__.setdefault("_held", [])
+            data = b"".join([*held, *parts])
+            held.clear()
+            transport.send(memoryview(data))  # a partial write re-sends a view, not a copy
+        return True
+
 
 def _recv_exact(sock: Any, n: int) -> bytearray | None:
     """n bytes from the socket (fewer if it closed first); None on a socket error."""

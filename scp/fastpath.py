@@ -12,6 +12,8 @@ time goes"):
 - a plain C-STORE-RSP (no Error Comment or other optional elements) is encoded directly:
   seven elements of implicit VR little endian instead of a pydicom Dataset round trip, and
   written to the socket by the thread that answers (action DT-1), under the DUL's send lock;
+  so are a plain C-FIND-RSP and the Pending C-MOVE-RSP/C-GET-RSP with the sub-operation
+  counts that follows every C-STORE sub-operation of a retrieve;
 - a received dataset stays in memory up to ``SPOOL_LIMIT`` and then spills to an unnamed
   temp file under data_dir/tmp, so a 1 GB object costs disk, not twice its size in memory.
 
@@ -36,7 +38,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE, DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, DIMSEMessage
-from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_STORE, N_EVENT_REPORT
+from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_GET, C_MOVE, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
@@ -190,7 +192,8 @@ class FastDIMSE(DIMSEServiceProvider):
         self.message = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        encoded = _plain_store_response(primitive) or _plain_find_response(primitive)
+        encoded = (_plain_store_response(primitive) or _plain_find_response(primitive)
+                   or _plain_retrieve_response(primitive))
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             self._send_encoded(primitive, context_id)
             return
@@ -203,7 +206,9 @@ class FastDIMSE(DIMSEServiceProvider):
         if max_pdu and sum(len(p) + 6 for p in pdvs) > max_pdu:  # let pynetdicom split it
             self._send_encoded(primitive, context_id)
             return
-        pending_answer = isinstance(primitive, C_FIND) and primitive.Status in (0xFF00, 0xFF01)
+        # a pending C-FIND answer, or a C-MOVE/C-GET progress report: may leave with what follows
+        pending_answer = (isinstance(primitive, (C_FIND, C_MOVE, C_GET))
+                          and primitive.Status in (0xFF00, 0xFF01))
         if self.dul.send_pdata_now(context_id, *pdvs, hold=pending_answer):
             return
         pdata = P_DATA()
@@ -289,6 +294,35 @@ def _plain_find_response(primitive: Any) -> bytes | None:
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
+_RETRIEVE_COMMAND_FIELDS = {C_GET: 0x8010, C_MOVE: 0x8021}
+
+
+def _plain_retrieve_response(primitive: Any) -> bytes | None:
+    """The command set of a C-GET-RSP or C-MOVE-RSP (PS3.7 9.3.3.2, 9.3.4.2) without an
+    identifier, Error Comment or Offending Element, else None: the Pending response with the
+    sub-operation counts that pynetdicom's Query/Retrieve service sends after each one."""
+    command_field = _RETRIEVE_COMMAND_FIELDS.get(primitive.__class__)
+    if command_field is None or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
+        return None
+    if primitive.AffectedSOPClassUID is None:
+        return None
+    if primitive.Identifier is not None:  # a final Warning/Failure with its UID list
+        return None
+    counts = (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
+              primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations)
+    body = b"".join((
+        _ui(0x0002, primitive.AffectedSOPClassUID),
+        _us(0x0100, command_field),
+        _us(0x0120, primitive.MessageIDBeingRespondedTo),
+        _us(0x0800, 0x0101),
+        _us(0x0900, primitive.Status),
+        *(_us(0x1020 + n, count) for n, count in enumerate(counts) if count is not None),
+    ))
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
 def _us(element: int, value: int) -> bytes:
     return struct.pack("<HHIH", 0, element, 2, value)
 
@@ -301,6 +335,18 @@ def _ui(element: int, uid: str) -> bytes:
 
 
 class FastAssociation(Association):
+    @property
+    def accepted_contexts(self) -> list:
+        """As upstream, sorted once rather than on every call: a C-GET looks its storage
+        contexts up for each sub-operation, and getscu proposes over a hundred. pynetdicom
+        replaces the whole ``_accepted_cx`` dict when it negotiates, which renews the cache."""
+        accepted = self._accepted_cx
+        cached = self.__dict__.get("_sorted_accepted")
+        if cached is None or cached[0] is not accepted or cached[1] != len(accepted):
+            cached = (accepted, len(accepted), sorted(accepted.values(), key=lambda cx: cx.context_id))
+            self.__dict__["_sorted_accepted"] = cached
+        return list(cached[2])
+
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop, waiting on the message queue rather than sleeping."""
         self._is_paused = False

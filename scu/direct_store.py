@@ -95,7 +95,7 @@ def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_
     pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size,
                       originator)
     pause_reactor(assoc)
-    _write(assoc, [_pdata(context_id, control, fragment) for control, fragment in pdvs])
+    _write(assoc, _framed(context_id, pdvs))
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
 
@@ -103,19 +103,16 @@ def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_
 def send_stored_file_in_reactor(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
                                 sop_instance_uid: str, msg_id: int) -> Dataset | None:
     """A C-GET sub-operation: the same C-STORE-RQ, from the reactor thread of an accepted
-    association whose DUL is scp.fastpath's, through its ``send_pdata_now`` (the lock every
-    P-DATA of that association takes, so messages keep their order). None when that DUL is
-    not there or will not send now (the caller goes through pynetdicom)."""
-    send_now = getattr(assoc.dul, "send_pdata_now", None)
-    if send_now is None or assoc.get_handlers(evt.EVT_DIMSE_SENT):
+    association whose DUL is scp.fastpath's, through its ``send_pdus_now`` (the lock every
+    P-DATA of that association takes, so messages keep their order; the whole message in
+    one write). None when that DUL is not there or will not send now, before anything was
+    sent (the caller goes through pynetdicom)."""
+    send_pdus = getattr(assoc.dul, "send_pdus_now", None)
+    if send_pdus is None or assoc.get_handlers(evt.EVT_DIMSE_SENT):
         return None
     pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size)
-    for n, (control, fragment) in enumerate(pdvs):
-        if not send_now(context_id, bytes((control,)) + bytes(fragment), hold=n < len(pdvs) - 1):
-            if n == 0:
-                return None
-            assoc.abort()  # the association ended part way through the message
-            return Dataset()
+    if not send_pdus(_framed(context_id, pdvs)):
+        return None  # nothing was sent
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
 
@@ -154,14 +151,15 @@ def pause_reactor(assoc: Association) -> None:
         time.sleep(0.0001)
 
 
-def _write(assoc: Association, pdus: list[bytes]) -> None:
-    """The PDUs in writes of about WRITE_SIZE; a failed write ends the association through
-    pynetdicom (AssociationSocket.send signals the state machine)."""
-    batch: list[bytes] = []
+def _write(assoc: Association, parts: list[Any]) -> None:
+    """Framed PDUs (headers and fragments, see ``_framed``) in writes of about WRITE_SIZE,
+    each joined once; a failed write ends the association through pynetdicom
+    (AssociationSocket.send signals the state machine)."""
+    batch: list[Any] = []
     size = 0
-    for pdu in pdus:
-        batch.append(pdu)
-        size += len(pdu)
+    for part in parts:
+        batch.append(part)
+        size += len(part)
         if size >= WRITE_SIZE:
             assoc.dul.socket.send(memoryview(b"".join(batch)))  # a partial write re-sends a view, not a copy
             batch, size = [], 0
@@ -169,10 +167,15 @@ def _write(assoc: Association, pdus: list[bytes]) -> None:
         assoc.dul.socket.send(memoryview(b"".join(batch)))
 
 
-def _pdata(context_id: int, control: int, data: Any) -> bytes:
-    """One P-DATA-TF PDU holding one PDV (PS3.8 9.3.5 and E.2)."""
-    item_length = len(data) + 2
-    return struct.pack(">BBLLBB", 0x04, 0, item_length + 4, item_length, context_id, control) + bytes(data)
+def _framed(context_id: int, pdvs: list[tuple[int, Any]]) -> list[Any]:
+    """Each PDV as a P-DATA-TF PDU holding it alone (PS3.8 9.3.5 and E.2): the PDU and PDV
+    headers, then the fragment itself (not copied: the writer joins the pieces once)."""
+    parts: list[Any] = []
+    for control, fragment in pdvs:
+        item_length = len(fragment) + 2
+        parts.append(struct.pack(">BBLLBB", 0x04, 0, item_length + 4, item_length, context_id, control))
+        parts.append(fragment)
+    return parts
 
 
 def _us(element: int, value: int) -> bytes:

@@ -291,3 +291,74 @@ def test_supported_contexts_copy_like_deepcopy_and_stay_independent() -> None:
     cheap[0].transfer_syntax.pop()
     cheap[0].context_id = 5
     assert vars(original[0]) == vars(deep[0])
+
+
+def _retrieve_response(cls, status, counts, **extra):
+    rsp = cls()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 9
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"  # odd length: padded
+    rsp.Status = status
+    (rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+     rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations) = counts
+    for key, value in extra.items():
+        setattr(rsp, key, value)
+    return rsp
+
+
+def test_direct_retrieve_response_matches_pynetdicom():
+    """C-MOVE-RSP and C-GET-RSP without an identifier (the Pending one sent after every
+    sub-operation, and a plain final Success): the same bytes as pynetdicom's encoding."""
+    from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+
+    for cls, message_class, field in ((C_MOVE, C_MOVE_RSP, 0x8021), (C_GET, C_GET_RSP, 0x8010)):
+        for status, counts in ((0xFF00, (499, 1, 0, 0)), (0xFF00, (3, 65535, 2, 1)),
+                               (0x0000, (None, 500, 0, 0)), (0xFE00, (7, 2, 0, 0))):
+            rsp = _retrieve_response(cls, status, counts)
+            message = message_class()
+            message.primitive_to_message(rsp)
+            (pdata,) = list(message.encode_msg(1, 16384))
+            ((_, pdv),) = pdata.presentation_data_value_list
+            assert pdv[0] == 0x03
+            fast = fastpath._plain_retrieve_response(rsp)
+            assert fast == pdv[1:]
+            decoded = _decode(fast)
+            assert decoded.CommandField == field and decoded.Status == status
+            assert decoded.CommandDataSetType == 0x0101
+            assert decoded.get("NumberOfRemainingSuboperations") == counts[0]
+
+
+def test_retrieve_responses_with_identifier_or_comment_use_pynetdicom():
+    from pynetdicom.dimse_primitives import C_GET, C_MOVE
+
+    failed_list = io.BytesIO(b"\x08\x00\x58\x00\x06\x00\x00\x001.2.3\x00")
+    assert fastpath._plain_retrieve_response(
+        _retrieve_response(C_MOVE, 0xB000, (None, 1, 1, 0), Identifier=failed_list)) is None
+    assert fastpath._plain_retrieve_response(
+        _retrieve_response(C_GET, 0xC000, (None, 0, 0, 0), ErrorComment="bad")) is None
+    request = C_MOVE()
+    request.MessageID = 1
+    assert fastpath._plain_retrieve_response(request) is None
+    assert fastpath._plain_retrieve_response(_response()) is None  # a C-STORE-RSP
+
+
+def test_accepted_contexts_sorted_once_and_renewed_with_negotiation():
+    """FastAssociation.accepted_contexts answers as upstream's property, from a cache that a
+    new negotiation (a new ``_accepted_cx`` dict) renews."""
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import build_context
+
+    assoc = object.__new__(fastpath.FastAssociation)
+    contexts = []
+    for context_id, sop_class in ((5, CTImageStorage), (1, Verification), (3, CTImageStorage)):
+        context = build_context(sop_class)
+        context.context_id = context_id
+        contexts.append(context)
+    assoc._accepted_cx = {cx.context_id: cx for cx in contexts}
+    expected = Association.accepted_contexts.fget(assoc)
+    assert assoc.accepted_contexts == expected
+    assert [cx.context_id for cx in assoc.accepted_contexts] == [1, 3, 5]
+    assoc.accepted_contexts.pop()  # callers get their own list
+    assert assoc.accepted_contexts == expected
+    assoc._accepted_cx = {1: contexts[1]}
+    assert [cx.context_id for cx in assoc.accepted_contexts] == [1]

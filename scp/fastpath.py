@@ -13,7 +13,8 @@ time goes"):
   seven elements of implicit VR little endian instead of a pydicom Dataset round trip, and
   written to the socket by the thread that answers (action DT-1), under the DUL's send lock;
   so are a plain C-FIND-RSP and the Pending C-MOVE-RSP/C-GET-RSP with the sub-operation
-  counts that follows every C-STORE sub-operation of a retrieve;
+  counts that follows every C-STORE sub-operation of a retrieve; a plain C-STORE-RSP received
+  (a C-GET sub-operation's answer) becomes its primitive without a pydicom decode;
 - a received dataset stays in memory up to ``SPOOL_LIMIT`` and then spills to an unnamed
   temp file under data_dir/tmp, so a 1 GB object costs disk, not twice its size in memory.
 
@@ -161,6 +162,13 @@ class FastDIMSE(DIMSEServiceProvider):
             if not control & 2:
                 return
             message.context_id = context_id
+            if not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
+                primitive = _plain_store_response_primitive(message.encoded_command_set.getvalue())
+                if primitive is not None:  # a C-GET sub-operation's answer
+                    primitive._context_id = context_id
+                    self.msg_queue.put((context_id, primitive))
+                    self.message = None
+                    return
             message.command_set = decode(message.encoded_command_set, True, True)
             message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
             if message.command_set.CommandDataSetType != 0x0101:
@@ -274,6 +282,51 @@ def _plain_store_response(primitive: Any) -> bytes | None:
         _ui(0x1000, primitive.AffectedSOPInstanceUID) if primitive.AffectedSOPInstanceUID else b"",
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+_PLAIN_STORE_RSP_ELEMENTS = (frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900}),
+                             frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}))
+
+
+def _plain_store_response_primitive(command: bytes) -> C_STORE | None:
+    """The C_STORE primitive of a received C-STORE-RSP command set (implicit VR little
+    endian) holding only its required elements, as pynetdicom's decode and
+    ``message_to_primitive`` would build it; None for anything else (pynetdicom decodes it)."""
+    elements: dict[int, bytes] = {}
+    offset, end = 0, len(command)
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, offset)
+        offset += 8
+        if group != 0 or offset + length > end or element in elements:
+            return None
+        elements[element] = command[offset:offset + length]
+        offset += length
+    if frozenset(elements) not in _PLAIN_STORE_RSP_ELEMENTS:
+        return None
+    numbers = {}
+    for element in (0x0100, 0x0120, 0x0800, 0x0900):
+        if len(elements[element]) != 2:
+            return None
+        (numbers[element],) = struct.unpack("<H", elements[element])
+    if numbers[0x0100] != 0x8001 or numbers[0x0800] != 0x0101:
+        return None
+    try:
+        uids = {element: elements[element].decode("ascii").rstrip("\x00 ")
+                for element in (0x0002, 0x1000) if element in elements}
+    except UnicodeDecodeError:
+        return None
+    if any("\\" in uid or not uid for uid in uids.values()):
+        return None  # multi-valued or empty: pynetdicom's own handling
+    primitive = C_STORE()
+    primitive.AffectedSOPClassUID = uids[0x0002]
+    primitive.MessageIDBeingRespondedTo = numbers[0x0120]
+    primitive.Status = numbers[0x0900]
+    if 0x1000 in uids:
+        primitive.AffectedSOPInstanceUID = uids[0x1000]
+    primitive._dataset_path = primitive._dataset_file = None  # as message_to_primitive sets them
+    return primitive
 
 
 def _plain_find_response(primitive: Any) -> bytes | None:

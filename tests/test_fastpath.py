@@ -362,3 +362,52 @@ def test_accepted_contexts_sorted_once_and_renewed_with_negotiation():
     assert assoc.accepted_contexts == expected
     assoc._accepted_cx = {1: contexts[1]}
     assert [cx.context_id for cx in assoc.accepted_contexts] == [1]
+
+
+def _stock_received_primitive(command: bytes, context_id: int = 1):
+    """What pynetdicom's receiving side builds from a command set (decode_msg's last steps)."""
+    from pynetdicom.dimse_messages import _MESSAGE_TYPES
+    from pynetdicom.dsutils import decode
+
+    message = C_STORE_RSP()
+    message.context_id = context_id
+    message.command_set = decode(io.BytesIO(command), True, True)
+    message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
+    return message.message_to_primitive()
+
+
+def test_received_store_response_decoded_as_pynetdicom_does():
+    """A plain C-STORE-RSP received on an accepted association (a C-GET sub-operation's
+    answer) becomes the same C_STORE primitive as pynetdicom's decode gives."""
+    for rsp in (_response(0x0000), _response(0xB007), _response(0xA700)):
+        for command in (fastpath._plain_store_response(rsp), _stock_command_bytes(rsp)):
+            fast = fastpath._plain_store_response_primitive(command)
+            assert fast is not None
+            fast._context_id = 1
+            stock = _stock_received_primitive(command)
+            assert vars(fast) == vars(stock)
+    without_instance = _response()
+    without_instance.AffectedSOPInstanceUID = None
+    command = fastpath._plain_store_response(without_instance)
+    fast = fastpath._plain_store_response_primitive(command)
+    fast._context_id = 1
+    assert vars(fast) == vars(_stock_received_primitive(command))
+
+
+def test_received_store_responses_with_more_use_pynetdicom():
+    with_comment = _stock_command_bytes(_response(0xC000, ErrorComment="disk full"))
+    assert fastpath._plain_store_response_primitive(with_comment) is None
+    find = fastpath._plain_find_response(_find_rsp())
+    assert fastpath._plain_store_response_primitive(find) is None
+    assert fastpath._plain_store_response_primitive(b"\x00\x00\x00\x00\x04") is None
+    assert fastpath._plain_store_response_primitive(b"") is None
+
+
+def _find_rsp():
+    from pynetdicom.dimse_primitives import C_FIND
+
+    rsp = C_FIND()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = 0x0000
+    return rsp

@@ -649,3 +649,31 @@ def test_retrieve_as_stored_announces_its_length(web):
     converted = web.get(f"{ROOT}/studies/{study_a}", headers={
         "Accept": 'multipart/related; type="application/dicom"'})
     assert "content-length" not in converted.headers and len(_parts(converted)) == 5
+
+
+@pytest.mark.parametrize("block", [1, 5, 7, 64, 1 << 20])
+def test_stored_blocks_are_the_heads_files_and_tail_in_order(tmp_path, block):
+    from web.dicomweb.streaming import stored_blocks, stored_length
+
+    contents = [bytes(range(256)) * 3, b"", b"x" * 13, bytes(range(50))]
+    paths = []
+    for i, data in enumerate(contents):
+        (path := tmp_path / f"{i}.dcm").write_bytes(data)
+        paths.append(path)
+    heads = [b"", b"--b\r\nhead 1\r\n\r\n", b"\r\n--b\r\n\r\n", b"h"]
+    sizes = [len(c) for c in contents]
+    blocks = list(stored_blocks(heads, paths, sizes, b"\r\n--b--\r\n", block))
+    expected = b"".join(h + c for h, c in zip(heads, contents)) + b"\r\n--b--\r\n"
+    assert b"".join(blocks) == expected and stored_length(heads, sizes, b"\r\n--b--\r\n") == len(expected)
+    assert all(len(b) == block for b in blocks[:-1]) and 0 < len(blocks[-1]) <= block
+
+
+def test_stored_blocks_fail_when_a_file_changed_size(tmp_path):
+    from web.dicomweb.streaming import stored_blocks
+
+    (path := tmp_path / "a.dcm").write_bytes(b"abcdef")
+    with pytest.raises(OSError, match="shorter"):
+        list(stored_blocks([b"h"], [path], [8], b"t", 4))
+    with pytest.raises(OSError, match="longer"):
+        list(stored_blocks([b"h"], [path], [4], b"t", 4))
+    assert list(stored_blocks([b""], [path], [6], b"")) == [b"abcdef"]

@@ -5,12 +5,15 @@ and waits for it while nothing is queued for the socket (a 250-file series: ~750
 Here parts are packed into blocks of about ``BLOCK`` bytes, and the next block is read in
 a worker thread while the current one is written, so the disk and the socket work at once;
 at most two blocks are held (uvicorn's flow control bounds what waits in the transport).
-When every part goes out as stored, the length is known up front (no chunked framing).
+When every part goes out as stored, the length is known up front (no chunked framing), and
+the parts are read straight into each block's buffer (``stored_blocks``): no chunk objects
+and no joining copy (a 250 x 512 KiB series: ~25% less CPU in the server, ~12% less time).
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -19,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 BLOCK = 1 << 20  # measured on a 250 x 512 KiB series: 256 KiB and 4 MiB both cost more CPU
+STORED_BLOCK = 2 << 20  # the same series read into blocks: 2 MiB beat 1, 3, 4 and 8 MiB
 
 
 def packed(chunks: Iterable[bytes], block: int = BLOCK) -> Iterator[bytes]:
@@ -35,15 +39,48 @@ def packed(chunks: Iterable[bytes], block: int = BLOCK) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def stored_length(heads: Sequence[bytes], paths: Sequence[Path], tail: bytes) -> int:
+def stored_length(heads: Sequence[bytes], sizes: Sequence[int], tail: bytes) -> int:
     """The body's length when each part is a head and a stored file sent as it is."""
-    return sum(len(h) for h in heads) + sum(p.stat().st_size for p in paths) + len(tail)
+    return sum(len(h) for h in heads) + sum(sizes) + len(tail)
+
+
+def stored_blocks(heads: Sequence[bytes], paths: Sequence[Path], sizes: Sequence[int], tail: bytes,
+                  block: int = STORED_BLOCK) -> Iterator[bytearray]:
+    """Each head then its stored file (of ``sizes`` bytes, as stat'ed for the Content-Length),
+    then ``tail``, in blocks of ``block`` bytes (the last may be smaller). Files are read with
+    ``readinto`` straight into the block, a new buffer per block (the transport may still hold
+    the last one). A file that changed size since fails the body rather than break its length.
+    """
+    left = stored_length(heads, sizes, tail)
+    buf = bytearray(min(block, left))
+    view, pos = memoryview(buf), 0
+    for head, path, size in [*zip(heads, paths, sizes), (tail, None, 0)]:
+        with open(path, "rb", buffering=0) if path is not None else nullcontext() as fh:
+            done, todo = 0, len(head) + size
+            while todo:
+                if pos == len(buf):
+                    yield buf
+                    buf = bytearray(min(block, left))
+                    view, pos = memoryview(buf), 0
+                room = min(todo, len(buf) - pos)
+                if done < len(head):
+                    n = min(len(head) - done, room)
+                    view[pos:pos + n] = head[done:done + n]
+                else:
+                    n = fh.readinto(view[pos:pos + room])
+                    if not n:
+                        raise OSError(f"{path} got shorter while it was being sent")
+                pos, done, todo, left = pos + n, done + n, todo - n, left - n
+            if fh is not None and fh.read(1):
+                raise OSError(f"{path} got longer while it was being sent")
+    if pos:
+        yield buf
 
 
 class PrefetchingResponse(Response):
     """A body from a sync iterator of blocks, the next computed while the current is sent."""
 
-    def __init__(self, blocks: Iterator[bytes], media_type: str, length: int | None = None,
+    def __init__(self, blocks: Iterator[bytes] | Iterator[bytearray], media_type: str, length: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(None, media_type=media_type, headers=headers)
         self.blocks = blocks

@@ -26,7 +26,7 @@ from web.dicomweb.access import audit, require_read
 from web.dicomweb.errors import NotAcceptable
 from web.dicomweb.multipart import closing, multipart_type, new_boundary, part_head
 from web.dicomweb.resources import absolute, instance_path, named_files, pixel_vr, service_url
-from web.dicomweb.streaming import PrefetchingResponse, packed, stored_length
+from web.dicomweb.streaming import PrefetchingResponse, packed, stored_blocks, stored_length
 from web.dicomweb.transcode import instance_chunks, instance_target
 from web.errors import NotFound
 
@@ -67,18 +67,23 @@ def retrieve(request: Request) -> Response:
     as_stored = all(targets[f.transfer_syntax] == f.transfer_syntax for f in files)
     if not multipart:
         stored, target = files[0].transfer_syntax, targets[files[0].transfer_syntax]
-        return PrefetchingResponse(packed(instance_chunks(paths[0], stored, target)),
-                                   f"{DICOM}; transfer-syntax={target}",
-                                   stored_length([], paths, b"") if as_stored else None)
+        media = f"{DICOM}; transfer-syntax={target}"
+        if as_stored:
+            sizes = [paths[0].stat().st_size]
+            return PrefetchingResponse(stored_blocks([b""], paths, sizes, b""), media,
+                                       stored_length([b""], sizes, b""))
+        return PrefetchingResponse(packed(instance_chunks(paths[0], stored, target)), media)
     boundary = new_boundary()
     sent = set(targets.values())
+    media = multipart_type(DICOM, boundary, sent.pop() if len(sent) == 1 else None)
     heads = [part_head(boundary, f"{DICOM}; transfer-syntax={targets[f.transfer_syntax]}", i == 0)
              for i, f in enumerate(files)]
     tail = closing(boundary)
-    return PrefetchingResponse(
-        packed(_multipart_chunks(files, paths, heads, tail, targets)),
-        multipart_type(DICOM, boundary, sent.pop() if len(sent) == 1 else None),
-        stored_length(heads, paths, tail) if as_stored else None)
+    if as_stored:  # read straight into the blocks sent, the length known up front
+        sizes = [p.stat().st_size for p in paths]
+        return PrefetchingResponse(stored_blocks(heads, paths, sizes, tail), media,
+                                   stored_length(heads, sizes, tail))
+    return PrefetchingResponse(packed(_multipart_chunks(files, paths, heads, tail, targets)), media)
 
 
 def _multipart_chunks(files: list[InstanceFile], paths: list[Path], heads: list[bytes],

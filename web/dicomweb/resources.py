@@ -7,6 +7,8 @@ the path says, is a 404. Files are resolved inside ``data_dir`` only.
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
 from pathlib import Path
 
 from starlette.requests import Request
@@ -65,11 +67,18 @@ def named_files(request: Request) -> list[InstanceFile]:
 
 
 def absolute(request: Request, relative: str) -> Path:
-    data_dir = context_of(request).data_dir.resolve()
-    path = (data_dir / relative).resolve()
-    if not path.is_relative_to(data_dir):  # a catalogue row must never lead out of data_dir
+    """The stored file's path, normalised without touching the disk (a series retrieve asks
+    for hundreds at once); a catalogue row must never lead out of data_dir."""
+    data_dir = _resolved(context_of(request).data_dir)
+    path = Path(os.path.normpath(data_dir / relative))
+    if not path.is_relative_to(data_dir):
         raise NotFound("the stored file is not available")
     return path
+
+
+@lru_cache(maxsize=8)
+def _resolved(folder: Path) -> Path:
+    return folder.resolve()
 
 
 def named_instance(request: Request) -> tuple[InstancePixels, Path]:

@@ -117,21 +117,22 @@ class Node:
     def stop(self, grace: float = 10.0) -> None:
         """Close the listener, let running associations finish (abort after ``grace`` s),
         then commit what is queued."""
-        if self.forwarder is not None:  # unsent rows stay queued for the next start
-            self.forwarder.stop(grace)
-            self.forwarder = None
         if self.retrieval is not None:  # first: its C-MOVEs still need the listener to finish
             self.retrieval.stop(grace)
             self.retrieval = None
+        server = self.server
+        if server is not None:  # then no new association: a sender learns at once
+            server.shutdown()
+        if self.forwarder is not None:  # unsent rows stay queued for the next start
+            self.forwarder.stop(grace)
+            self.forwarder = None
         if self.web_server is not None:
             self.web_server.stop()
             self.web_server = None
         if self.upload_sweeper is not None:
             self.upload_sweeper.stop()
             self.upload_sweeper = None
-        if self.server is not None:
-            server = self.server
-            server.shutdown()
+        if server is not None:
             # Only established associations are running anything. A connection that closed
             # before its A-ASSOCIATE-RQ (a port check) keeps its pynetdicom thread until the
             # ACSE timeout: waiting for it would hold every stop for the whole grace.

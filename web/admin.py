@@ -8,7 +8,6 @@ unreferenced files, never rows without files.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import asdict
@@ -29,7 +28,7 @@ from node.storage import Storage
 from node.usercli import valid_username
 from web.context import WebContext, context_of
 from web.errors import BadRequest, Conflict, NotFound
-from web.params import client_address, uid_param
+from web.params import client_address, json_object, uid_param
 from web.thumbnails import thumbnail_path
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def list_users(request: Request) -> JSONResponse:
 @requires(ADMIN)
 async def add_user(request: Request) -> JSONResponse:
     """``{"username","password","role"}``; 409 when the name is taken."""
-    body = await _json_object(request)
+    body = await json_object(request)
     username, password, role = (_string(body, key) for key in ("username", "password", "role"))
     if not valid_username(username):
         raise BadRequest("a user name is 1-64 letters, digits or . _ @ -")
@@ -90,7 +89,7 @@ async def change_user(request: Request) -> JSONResponse:
     refresh tokens; a new role takes effect at its next refresh. The last active admin can be
     neither demoted nor disabled (409)."""
     username = request.path_params["username"]
-    body = await _json_object(request)
+    body = await json_object(request)
     unknown = set(body) - {"role", "disabled"}
     if unknown or not body:
         raise BadRequest("the body changes 'role' and/or 'disabled', nothing else")
@@ -207,16 +206,6 @@ def _change_user(username: str, role: str | None, disabled: bool | None) -> acco
 def _user_json(account: accounts.Account) -> dict[str, Any]:
     return {"username": account.username, "role": account.role, "disabled": account.disabled,
             "createdAt": account.created_at.isoformat(timespec="seconds") + "Z"}
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from starlette.requests import Request
 
 from node.dicomfile import is_valid_uid
@@ -34,3 +37,15 @@ def int_param(request: Request, name: str, default: int, minimum: int, maximum: 
 
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+async def json_object(request: Request, empty_ok: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 (an empty body is ``{}`` when ``empty_ok``)."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw or b"{}") if empty_ok else json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body

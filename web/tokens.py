@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -12,13 +11,14 @@ from starlette.responses import JSONResponse
 from node.tokens import InvalidCredentials, TokenPair
 from web.context import context_of
 from web.errors import BadRequest, TooManyRequests
+from web.params import json_object
 
 _NO_STORE = {"Cache-Control": "no-store"}  # RFC 6749, 5.1
 
 
 async def obtain_token(request: Request) -> JSONResponse:
     """Credentials in, an access and a refresh token out; failed attempts are throttled."""
-    body = await _json_object(request)
+    body = await json_object(request)
     username, password = _string(body, "username"), _string(body, "password")
     ctx = context_of(request)
     address = request.client.host if request.client else "unknown"
@@ -36,7 +36,7 @@ async def obtain_token(request: Request) -> JSONResponse:
 
 async def refresh_token(request: Request) -> JSONResponse:
     """A refresh token in, a new pair out; the presented token is retired (rotation)."""
-    body = await _json_object(request)
+    body = await json_object(request)
     token = _string(body, "refresh")
     pair = await run_in_threadpool(context_of(request).tokens.refresh, token)
     return _pair_response(pair)
@@ -45,16 +45,6 @@ async def refresh_token(request: Request) -> JSONResponse:
 def _pair_response(pair: TokenPair) -> JSONResponse:
     return JSONResponse({"access": pair.access, "refresh": pair.refresh, "tokenType": "Bearer",
                          "expiresIn": pair.expires_in}, headers=_NO_STORE)
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:

@@ -10,7 +10,6 @@ exceptions (``web.uploads_service``) become problems here, at the edge.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from typing import Any, Awaitable, Callable
 
@@ -24,7 +23,7 @@ from db import uploads as db
 from node.errors import StorageFull
 from web.context import context_of
 from web.errors import BadRequest, Problem
-from web.params import int_param
+from web.params import int_param, json_object
 from web.uploads_service import (
     BeyondSize,
     Caller,
@@ -144,16 +143,6 @@ def _iso(value: Any) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value is not None else None
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
-
-
 def _text(body: dict[str, Any], key: str, *, required: bool, limit: int, default: str | None = None) -> str | None:
     value = body.get(key)
     if value is None and not required:
@@ -188,7 +177,7 @@ def new_session_from(body: dict[str, Any], max_size: int) -> NewSession:
 async def create_session(request: Request) -> JSONResponse:
     """201 and Location for a new session; 200 with the session already carrying this file."""
     sessions = sessions_of(request)
-    new = new_session_from(await _json_object(request), sessions.limits.max_size)
+    new = new_session_from(await json_object(request, empty_ok=True), sessions.limits.max_size)
     record, created = await run_in_threadpool(sessions.create, caller_of(request), new)
     location = f"{BASE}{record.session_id}"
     return JSONResponse(session_json(record), status_code=201 if created else 200,
@@ -207,7 +196,7 @@ async def get_session(request: Request) -> JSONResponse:
 async def put_metadata(request: Request) -> JSONResponse:
     """The body is the metadata object; stored before any byte (QUEUED -> METADATA_UPLOADED)."""
     session_id = session_id_param(request)
-    metadata = await _json_object(request)
+    metadata = await json_object(request, empty_ok=True)
     record = await run_in_threadpool(sessions_of(request).put_metadata, caller_of(request), session_id, metadata)
     return JSONResponse(session_json(record))
 
@@ -217,7 +206,7 @@ async def put_metadata(request: Request) -> JSONResponse:
 async def acknowledge(request: Request) -> JSONResponse:
     """SYNCED -> ACK_RECEIVED, for the image the client was told: it may delete its copy."""
     session_id = session_id_param(request)
-    server_image_id = _text(await _json_object(request), "serverImageId", required=True, limit=64) or ""
+    server_image_id = _text(await json_object(request, empty_ok=True), "serverImageId", required=True, limit=64) or ""
     record = await run_in_threadpool(sessions_of(request).acknowledge, caller_of(request), session_id,
                                      server_image_id)
     return JSONResponse(session_json(record))

@@ -99,3 +99,12 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "dcmtk" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium per browser test module (Playwright driving Debian's chromium)."""
+    from tests.viewer_fixtures import chromium
+
+    with chromium() as b:
+        yield b

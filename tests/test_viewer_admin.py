@@ -9,7 +9,6 @@ import pytest
 from tests.viewer_fixtures import (
     PASSWORD,
     SeriesSpec,
-    chromium,
     chromium_path,
     http_json,
     screenshot,
@@ -46,12 +45,6 @@ def node(tmp_path_factory, studies):
     with viewer_node(tmp_path_factory.mktemp("admin-node"), users=users) as running:
         store_with_storescu(running.dimse_port, doomed.files + kept.files)
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

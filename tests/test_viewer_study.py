@@ -5,7 +5,6 @@ storescu: sign-in, study list, thumbnails and progress, bounded loading, the can
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from tests.helpers import have_dcmtk
 from tests.viewer_fixtures import (
     InFlight,
     SeriesSpec,
-    chromium,
     chromium_path,
     screenshot,
     sign_in,
@@ -54,12 +52,6 @@ def node(tmp_path_factory, studies):
     with viewer_node(tmp_path_factory.mktemp("viewer-node")) as running:
         store_with_storescu(running.dimse_port, main.files + wide.files)
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import have_dcmtk
 from tests.viewer_fixtures import (
     SeriesSpec,
-    chromium,
     chromium_path,
     http_json,
     screenshot,
@@ -48,12 +46,6 @@ def media(tmp_path_factory):
 def node(tmp_path_factory):
     with viewer_node(tmp_path_factory.mktemp("upload-node")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture

@@ -19,13 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from db.matching import InvalidQuery
+from node.frames import CannotDecode, FrameError
 from node.tokens import AuthError
 
 log = logging.getLogger(__name__)
@@ -142,3 +144,17 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: from_http_exception,
     Exception: from_unexpected,
 }
+
+
+@contextmanager
+def frame_problems(sop_uid: str, cannot_decode: type[Problem] = UnsupportedMedia) -> Iterator[None]:
+    """Reading or rendering a stored frame: a missing file or frame is 404, a frame no
+    installed codec can decode is ``cannot_decode`` (415 here; DICOMweb answers 406)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound(f"the file of instance {sop_uid} is missing from storage") from None
+    except CannotDecode as exc:
+        raise cannot_decode(str(exc)) from None
+    except FrameError as exc:
+        raise NotFound(str(exc)) from None

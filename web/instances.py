@@ -15,8 +15,6 @@ from db.lookups import InstancePixels
 from db.models import database
 from node.frames import (
     EXPLICIT_LE,
-    CannotDecode,
-    FrameError,
     decoded_frame_bytes,
     frame_array,
     frame_media_type,
@@ -26,7 +24,7 @@ from node.frames import (
 from node.render import FORMATS, RenderError, encode_picture, parse_window, render_frame
 from web.caching import cache_headers, etag_for, immutable_response, is_fresh, not_modified
 from web.context import context_of
-from web.errors import BadRequest, NotFound, UnsupportedMedia
+from web.errors import BadRequest, NotFound, frame_problems
 from web.params import client_address, int_param, uid_param
 from web.thumbnails import thumbnail_bytes
 
@@ -108,14 +106,8 @@ async def frame(request: Request) -> Response:
     etag = etag_for(inst.sha256, "f", n, "d" if decode else "s")
     if is_fresh(request, etag):
         return not_modified(etag)
-    try:
+    with frame_problems(inst.sop_instance_uid):
         body, syntax = await _frame_bytes(path, inst, n, decode)
-    except FileNotFoundError:
-        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
-    except CannotDecode as exc:
-        raise UnsupportedMedia(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     return Response(body, media_type=frame_media_type(syntax), headers=cache_headers(etag))
 
 
@@ -145,12 +137,8 @@ def rendered_frame(request: Request) -> Response:
                     f"{window.center}_{window.width}" if window else "", size or "")
     if is_fresh(request, etag):
         return not_modified(etag)
-    try:
+    with frame_problems(inst.sop_instance_uid):
         picture = render_frame(frame_array(path, inst, n), inst, window)
-    except CannotDecode as exc:
-        raise UnsupportedMedia(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     return immutable_response(request, encode_picture(picture, fmt, quality, size), FORMATS[fmt], etag)
 
 
@@ -165,12 +153,8 @@ def thumbnail(request: Request) -> Response:
         return not_modified(etag)
     if not inst.has_pixels:
         raise NotFound(f"instance {inst.sop_instance_uid} has no pixel data")
-    try:
+    with frame_problems(inst.sop_instance_uid):
         body = thumbnail_bytes(ctx.thumbnail_dir, path, inst, size)
-    except CannotDecode as exc:
-        raise UnsupportedMedia(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     return immutable_response(request, body, "image/jpeg", etag)
 
 

@@ -22,7 +22,6 @@ from db import dicomweb_lookups, lookups
 from db.lookups import InstancePixels
 from db.models import database
 from node.frames import (
-    CannotDecode,
     FrameError,
     NoPixelData,
     NoSuchFrame,
@@ -41,7 +40,7 @@ from web.dicomweb.errors import NotAcceptable
 from web.dicomweb.multipart import multipart_body, multipart_type, new_boundary
 from web.dicomweb.resources import absolute, named_files, named_instance, path_uids
 from web.dicomweb.transcode import AS_STORED, can_decode
-from web.errors import BadRequest, NotFound, UnsupportedMedia
+from web.errors import BadRequest, NotFound, frame_problems
 from web.params import uid_param
 from web.thumbnails import thumbnail_bytes
 
@@ -131,17 +130,11 @@ async def frames(request: Request) -> Response:
                     "m" if multipart else "s")
     if is_fresh(request, etag):
         return not_modified(etag)
-    try:
+    with frame_problems(inst.sop_instance_uid, NotAcceptable):
         if stored_frame(inst) and (reader is _stored or inst.transfer_syntax in UNCOMPRESSED):
             bodies = [reader(path, inst, n) for n in numbers]
         else:
             bodies = await run_in_threadpool(lambda: [reader(path, inst, n) for n in numbers])
-    except FileNotFoundError:
-        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
-    except CannotDecode as exc:
-        raise NotAcceptable(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     content_type = f"{part_type}; transfer-syntax={syntax}"
     if not multipart:
         return Response(bodies[0], media_type=content_type, headers=cache_headers(etag))
@@ -259,14 +252,8 @@ def picture_response(request: Request, path: Path, inst: InstancePixels, n: int,
                     f"{window.center}_{window.width}" if window else "", size or "")
     if is_fresh(request, etag):
         return not_modified(etag)
-    try:
+    with frame_problems(inst.sop_instance_uid):
         picture = render_frame(frame_array(path, inst, n), inst, window)
-    except FileNotFoundError:
-        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
-    except CannotDecode as exc:
-        raise UnsupportedMedia(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     return immutable_response(request, encode_picture(picture, fmt, quality, size),
                               f"image/{fmt}", etag)
 
@@ -299,14 +286,8 @@ def thumbnail(request: Request) -> Response:
     etag = etag_for(inst.sha256, "t", ctx.settings.web.thumbnail_size)
     if is_fresh(request, etag):
         return not_modified(etag)
-    try:
+    with frame_problems(inst.sop_instance_uid):
         body = thumbnail_bytes(ctx.thumbnail_dir, path, inst, ctx.settings.web.thumbnail_size)
-    except FileNotFoundError:
-        raise NotFound(f"the file of instance {inst.sop_instance_uid} is missing from storage") from None
-    except CannotDecode as exc:
-        raise UnsupportedMedia(str(exc)) from None
-    except FrameError as exc:
-        raise NotFound(str(exc)) from None
     return immutable_response(request, body, "image/jpeg", etag)
 
 

@@ -108,3 +108,15 @@ def browser() -> Iterator[object]:
 
     with chromium() as b:
         yield b
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    """A fresh browser context and page; a script error on the page fails the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    pg = context.new_page()
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield pg
+    context.close()
+    assert not errors, errors

@@ -47,17 +47,6 @@ def node(tmp_path_factory, studies):
         yield running
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    pg = context.new_page()
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, errors
-
-
 def open_admin(page, node) -> None:
     sign_in(page, node.base_url, "admin")
     page.get_by_test_id("nav-admin").click()

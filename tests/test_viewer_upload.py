@@ -48,17 +48,6 @@ def node(tmp_path_factory):
         yield running
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    pg = context.new_page()
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield pg
-    context.close()
-    assert not errors, errors
-
-
 WATCH = """() => {
     // every change of a file row's state and bar, and of the batch bar, as the page shows it
     window.seen = { files: {}, batch: [] };

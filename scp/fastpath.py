@@ -46,6 +46,7 @@ from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
 
 from scp.fastdul import FastDUL
+from scu.direct_store import command_ui, command_us
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
@@ -274,12 +275,12 @@ def _plain_store_response(primitive: Any) -> bytes | None:
     if primitive.Status is None or primitive.AffectedSOPClassUID is None:
         return None
     body = b"".join((
-        _ui(0x0002, primitive.AffectedSOPClassUID),
-        _us(0x0100, 0x8001),
-        _us(0x0120, primitive.MessageIDBeingRespondedTo),
-        _us(0x0800, 0x0101),
-        _us(0x0900, primitive.Status),
-        _ui(0x1000, primitive.AffectedSOPInstanceUID) if primitive.AffectedSOPInstanceUID else b"",
+        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_us(0x0100, 0x8001),
+        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
+        command_us(0x0800, 0x0101),
+        command_us(0x0900, primitive.Status),
+        command_ui(0x1000, primitive.AffectedSOPInstanceUID) if primitive.AffectedSOPInstanceUID else b"",
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
@@ -338,11 +339,11 @@ def _plain_find_response(primitive: Any) -> bytes | None:
         return None
     has_identifier = primitive.Identifier is not None and primitive.Identifier.getvalue() != b""
     body = b"".join((
-        _ui(0x0002, primitive.AffectedSOPClassUID),
-        _us(0x0100, 0x8020),
-        _us(0x0120, primitive.MessageIDBeingRespondedTo),
-        _us(0x0800, 0x0001 if has_identifier else 0x0101),
-        _us(0x0900, primitive.Status),
+        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_us(0x0100, 0x8020),
+        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
+        command_us(0x0800, 0x0001 if has_identifier else 0x0101),
+        command_us(0x0900, primitive.Status),
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
@@ -366,25 +367,14 @@ def _plain_retrieve_response(primitive: Any) -> bytes | None:
     counts = (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
               primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations)
     body = b"".join((
-        _ui(0x0002, primitive.AffectedSOPClassUID),
-        _us(0x0100, command_field),
-        _us(0x0120, primitive.MessageIDBeingRespondedTo),
-        _us(0x0800, 0x0101),
-        _us(0x0900, primitive.Status),
-        *(_us(0x1020 + n, count) for n, count in enumerate(counts) if count is not None),
+        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_us(0x0100, command_field),
+        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
+        command_us(0x0800, 0x0101),
+        command_us(0x0900, primitive.Status),
+        *(command_us(0x1020 + n, count) for n, count in enumerate(counts) if count is not None),
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
-
-
-def _us(element: int, value: int) -> bytes:
-    return struct.pack("<HHIH", 0, element, 2, value)
-
-
-def _ui(element: int, uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    if len(raw) % 2:
-        raw += b"\x00"
-    return struct.pack("<HHI", 0, element, len(raw)) + raw
 
 
 class FastAssociation(Association):

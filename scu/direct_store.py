@@ -46,13 +46,13 @@ def can_send_directly(assoc: Association) -> bool:
 def store_command_set(sop_class_uid: str, sop_instance_uid: str, msg_id: int,
                       originator: tuple[str, int] | None = None) -> bytes:
     """A C-STORE-RQ command set (PS3.7 9.3.1.1): elements in tag order, group length first."""
-    body = (_ui(0x0002, sop_class_uid) + _us(0x0100, 0x0001) + _us(0x0110, msg_id)
-            + _us(0x0700, 0x0000) + _us(0x0800, 0x0001) + _ui(0x1000, sop_instance_uid))
+    body = (command_ui(0x0002, sop_class_uid) + command_us(0x0100, 0x0001) + command_us(0x0110, msg_id)
+            + command_us(0x0700, 0x0000) + command_us(0x0800, 0x0001) + command_ui(0x1000, sop_instance_uid))
     if originator is not None:
         ae_title, message_id = originator
         raw = ae_title.encode("ascii")
         raw += b" " * (len(raw) % 2)
-        body += struct.pack("<HHI", 0, 0x1030, len(raw)) + raw + _us(0x1031, message_id)
+        body += struct.pack("<HHI", 0, 0x1030, len(raw)) + raw + command_us(0x1031, message_id)
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
@@ -178,11 +178,13 @@ def _framed(context_id: int, pdvs: list[tuple[int, Any]]) -> list[Any]:
     return parts
 
 
-def _us(element: int, value: int) -> bytes:
+def command_us(element: int, value: int) -> bytes:
+    """A US element of a command set (group 0000, implicit VR little endian; PS3.7 E.1)."""
     return struct.pack("<HHIH", 0, element, 2, value)
 
 
-def _ui(element: int, uid: str) -> bytes:
+def command_ui(element: int, uid: str) -> bytes:
+    """A UI element of a command set, padded to even length with a NUL (PS3.5 9.1)."""
     raw = uid.encode("ascii")
     if len(raw) % 2:
         raw += b"\x00"

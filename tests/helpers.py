@@ -314,3 +314,17 @@ def write_node_config(folder: Path, *, port: int = 0, **kwargs: object) -> Path:
     if "[web]" not in text:
         path.write_text(text + f'[web]\nhost = "127.0.0.1"\nport = {free_port()}\n')
     return path
+
+
+def wait_for_job(job_id: int, timeout: float = 30.0):  # noqa: ANN201 - scu.jobs.JobView
+    """The retrieval job's view once it has finished, or as it stands after ``timeout`` s."""
+    from db.models import database
+    from scu.jobs import get_job
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with database.connection_context():
+            view = get_job(job_id)
+        if view.finished or time.monotonic() > deadline:
+            return view
+        time.sleep(0.05)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,8 +12,8 @@ import pytest
 
 from db.models import Instance, database
 from node.runtime import Node
-from scu.jobs import create_job, get_job, series_rows
-from tests.helpers import free_port, make_dataset, node_process, run_cli, write_node_config
+from scu.jobs import create_job, series_rows
+from tests.helpers import free_port, make_dataset, node_process, run_cli, wait_for_job, write_node_config
 from tests.test_scu_find import OrthancArchive, orthanc_archive, pytestmark  # noqa: F401
 
 FAST_RETRY = {"retry_delay": 0.05, "max_retry_delay": 0.2}
@@ -58,16 +57,6 @@ def retrieving_node(make_settings, archive) -> Iterator[Callable[..., Node]]:
     yield start
     for node in nodes:
         node.stop()
-
-
-def wait_for_job(job_id: int, timeout: float = 30.0):  # noqa: ANN201 - JobView
-    deadline = time.monotonic() + timeout
-    while True:
-        with database.connection_context():
-            view = get_job(job_id)
-        if view.finished or time.monotonic() > deadline:
-            return view
-        time.sleep(0.1)
 
 
 def held(uids: list[str]) -> set[str]:

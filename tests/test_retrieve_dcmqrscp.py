@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -15,8 +14,8 @@ from db.models import Instance, database
 from node.runtime import Node
 from scu.association import remote_named
 from scu.find import query_remote
-from scu.jobs import create_job, get_job, series_rows
-from tests.helpers import dcmtk_env, free_port, make_dataset, wait_for_echo, write_dataset
+from scu.jobs import create_job, series_rows
+from tests.helpers import dcmtk_env, free_port, make_dataset, wait_for_echo, wait_for_job, write_dataset
 
 pytestmark = [pytest.mark.dcmtk,
               pytest.mark.skipif(not shutil.which("dcmqrscp"), reason="dcmqrscp not installed")]
@@ -82,16 +81,6 @@ def archive_and_node(tmp_path: Path, make_settings) -> Iterator[tuple[Dcmqrscp, 
         archive.stop()
 
 
-def wait_finished(job_id: int, timeout: float = 30.0):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        with database.connection_context():
-            view = get_job(job_id)
-        if view.finished or time.monotonic() > deadline:
-            return view
-        time.sleep(0.05)
-
-
 def test_query_and_move_job_from_dcmqrscp(archive_and_node) -> None:
     archive, node, datasets = archive_and_node
     settings = node.settings
@@ -104,7 +93,7 @@ def test_query_and_move_job_from_dcmqrscp(archive_and_node) -> None:
     assert len(images) == 3
     with database.connection_context():
         job_id = create_job("DCMQRSCP", "move", [("PatientID", "QR1")])
-    view = wait_finished(job_id)
+    view = wait_for_job(job_id)
     assert view.state == "completed", view
     assert (view.expected, view.received, view.series) == (6, 6, 2)
     with database.connection_context():
@@ -118,7 +107,7 @@ def test_destination_unknown_to_the_remote_is_final(archive_and_node, make_setti
     try:
         with database.connection_context():
             job_id = create_job("DCMQRSCP", "move", [("PatientID", "QR1")])
-        view = wait_finished(job_id)
+        view = wait_for_job(job_id)
     finally:
         other.stop()
     assert view.state == "failed"

@@ -14,14 +14,15 @@ import subprocess
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
 from bench.datagen import CT_500, DataSpec, ensure_data
-from bench.harness import (BenchError, NodePeer, OrthancPeer, expect_counts, node_python,
+from bench.harness import (BenchError, NodePeer, OrthancPeer, Peer, expect_counts, node_python,
                            run_storescu, start_node, start_orthanc, warm_page_cache)
 from bench.scenario import Row, RunContext, Scenario
 
@@ -137,21 +138,25 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def _load(peer, data, spec: DataSpec) -> None:  # noqa: ANN001 - either peer
-    warm_page_cache(data.folder)
-    run_storescu(peer, data.folder)
-    expect_counts(peer, studies=1, series=spec.series, instances=data.count)
+@contextmanager
+def _loaded(ctx: RunContext, label: str, spec: DataSpec) -> Iterator[tuple[Peer, HttpTarget]]:
+    """A fresh peer (the node without per-user limits) holding ``spec``'s files, and how a
+    viewer reaches it."""
+    data = ensure_data(spec, ctx.work / "data")
+    with (start_node(ctx.folder / label, web=UNLIMITED) if label == "node"
+          else start_orthanc(ctx.folder / label)) as peer:
+        warm_page_cache(data.folder)
+        run_storescu(peer, data.folder)
+        expect_counts(peer, studies=1, series=spec.series, instances=data.count)
+        yield peer, _node_target(peer) if label == "node" else _orthanc_target(peer)
+        ctx.note_log_problems(peer)
 
 
 def frames(ctx: RunContext) -> list[Row]:
     """250 raw frames in sequence, 5 clients at once, 250 rendered PNGs; node RSS growth."""
-    data = ensure_data(CT_500, ctx.work / "data")
     figures: dict[str, dict[str, float]] = {}
     for label in ctx.order(["node", "Orthanc"]):
-        with (start_node(ctx.folder / label, web=UNLIMITED) if label == "node"
-              else start_orthanc(ctx.folder / label)) as peer:
-            _load(peer, data, CT_500)
-            target = _node_target(peer) if label == "node" else _orthanc_target(peer)
+        with _loaded(ctx, label, CT_500) as (peer, target):
             f = figures[label] = {}
             f["raw"] = _ms_per_request(target, target.raw_frame, FRAMES)
             f["concurrent"] = _concurrent_per_s(target, CLIENTS, FRAMES)
@@ -160,7 +165,6 @@ def frames(ctx: RunContext) -> list[Row]:
                 before = _rss_bytes(peer.proc.pid)
                 _ms_per_request(target, target.raw_frame, RSS_REQUESTS)
                 f["rss_growth"] = (_rss_bytes(peer.proc.pid) - before) / (1024 * 1024)
-            ctx.note_log_problems(peer)
     node, orthanc = figures["node"], figures["Orthanc"]
     return [
         Row(f"raw frame 512x512, {FRAMES} sequential", "ms/frame", node["raw"], orthanc["raw"],
@@ -191,18 +195,13 @@ def _study_strip_seconds(target: HttpTarget, client: httpx.Client) -> float:
 
 def thumbnails(ctx: RunContext) -> list[Row]:
     """A 20-series study: series list and 20 thumbnails, cold (first time) and warm."""
-    data = ensure_data(SERIES_20, ctx.work / "data")
     figures: dict[str, tuple[float, float]] = {}
     for label in ctx.order(["node", "Orthanc"]):
-        with (start_node(ctx.folder / label, web=UNLIMITED) if label == "node"
-              else start_orthanc(ctx.folder / label)) as peer:
-            _load(peer, data, SERIES_20)
-            target = _node_target(peer) if label == "node" else _orthanc_target(peer)
+        with _loaded(ctx, label, SERIES_20) as (_, target):
             with target.client() as client:
                 cold = _study_strip_seconds(target, client)
                 warm = statistics.median(_study_strip_seconds(target, client) for _ in range(5))
             figures[label] = (cold, warm)
-            ctx.note_log_problems(peer)
     return [
         Row("20 series + 20 thumbnails, cold", "ms", figures["node"][0] * 1000,
             figures["Orthanc"][0] * 1000, higher_is_better=False),

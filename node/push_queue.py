@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from node.storage import fsync_dir
+
 QUEUED, SENDING, DONE, FAILED = "queued", "sending", "done", "failed"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -91,7 +93,7 @@ class Outbox:
             item_id = str(uuid.uuid4())
             size, sha256 = _copy_hashing(source, self.files / f"{item_id}.dcm")
             copies.append((item_id, source, size, sha256))
-        _fsync_dir(self.files)  # every name at once, before the rows that point at them
+        fsync_dir(self.files)  # every name at once, before the rows that point at them
         added, repeats = [], 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -166,11 +168,3 @@ def _copy_hashing(source: Path, target: Path) -> tuple[int, str]:
         dst.flush()
         os.fsync(dst.fileno())
     return size, digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -55,7 +55,7 @@ class Storage:
         """Create the folders and delete temp leftovers of an earlier crash; returns how many."""
         self.store.mkdir(parents=True, exist_ok=True)
         self.temp.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(str(self.root))
+        fsync_dir(str(self.root))
         removed = 0
         for leftover in self.temp.iterdir():
             if leftover.is_file():
@@ -130,7 +130,7 @@ class Storage:
         os.fsync(placed.fd)
 
     def sync_folder(self, placed: Placed) -> None:
-        _fsync_dir(placed.folder)
+        fsync_dir(placed.folder)
 
     def sync_folder_soon(self, placed: Placed) -> Future:
         """sync_folder on a helper thread, so it overlaps the file's fsync and the commit."""
@@ -138,7 +138,7 @@ class Storage:
             with self._pool_lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
-        return self._pool.submit(_fsync_dir, placed.folder)
+        return self._pool.submit(fsync_dir, placed.folder)
 
     def release(self, placed: Placed) -> None:
         if placed.fd >= 0:
@@ -159,8 +159,8 @@ class Storage:
                         os.mkdir(path)
                     except FileExistsError:
                         pass
-                _fsync_dir(str(folder.parent.parent))
-                _fsync_dir(str(folder.parent))
+                fsync_dir(str(folder.parent.parent))
+                fsync_dir(str(folder.parent))
                 self._known_dirs.add(key)
         return key
 
@@ -186,7 +186,7 @@ class Storage:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(str(path.parent))
+        fsync_dir(str(path.parent))
         return True
 
     def iter_files(self) -> Iterable[Path]:
@@ -214,7 +214,8 @@ def _storage_error(exc: OSError, relative: str) -> Exception:
     return exc
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str | Path) -> None:
+    """Make a folder's entries (new, renamed or removed names) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from node.errors import StorageFull
+from node.storage import fsync_dir
 
 PART_SUFFIX = ".part"
 _READ_BLOCK = 1 << 20
@@ -54,7 +55,7 @@ class Part:
             if durable:
                 os.fsync(self.fd)
                 if self._created:  # the name itself must survive a crash, once
-                    _fsync_dir(self._folder)
+                    fsync_dir(self._folder)
                     self._created = False
         except OSError as exc:
             self.truncate(offset)
@@ -120,7 +121,7 @@ class PartFiles:
         path = self.path(session_id)
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.folder.parent)
+            fsync_dir(self.folder.parent)
         while True:
             created = not path.exists()
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -146,11 +147,3 @@ class PartFiles:
             return self.path(session_id).stat().st_size
         except FileNotFoundError:
             return 0
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

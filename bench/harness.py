@@ -196,14 +196,18 @@ class OrthancPeer(Peer):
 
 
 def write_node_config(folder: Path, port: int, ae_title: str = "PACSNODE",
-                      dicom: dict[str, Any] | None = None, web: dict[str, Any] | None = None) -> Path:
-    """A config.toml with data under ``folder/data``, listening on loopback only."""
+                      dicom: dict[str, Any] | None = None, web: dict[str, Any] | None = None,
+                      remotes: dict[str, int] | None = None) -> Path:
+    """A config.toml with data under ``folder/data``, listening on loopback only, knowing
+    ``remotes`` (AE title -> port on loopback)."""
     lines = ["[node]", f'ae_title = "{ae_title}"', 'data_dir = "./data"',
              "[dicom]", 'host = "127.0.0.1"', f"port = {port}"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in (dicom or {}).items()]
     lines += ["[web]", 'host = "127.0.0.1"', f"port = {free_port()}"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in (web or {}).items()]
     lines += ["[database]", 'url = ""']
+    for ae, remote_port in (remotes or {}).items():
+        lines += [f"[remotes.{ae}]", 'host = "127.0.0.1"', f"port = {remote_port}"]
     path = folder / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -219,11 +223,13 @@ def _fresh(folder: Path) -> Path:
 @contextmanager
 def start_node(folder: Path, *, ae_title: str = "PACSNODE", timeout: float = 60.0,
                dicom: dict[str, Any] | None = None,
-               web: dict[str, Any] | None = None) -> Iterator[NodePeer]:
-    """``python -m node serve`` on a free port with a fresh data dir; ready when C-ECHO works."""
+               web: dict[str, Any] | None = None, remotes: dict[str, int] | None = None,
+               port: int | None = None) -> Iterator[NodePeer]:
+    """``python -m node serve`` with a fresh data dir on ``port`` (default: a free one);
+    ready when C-ECHO works."""
     _fresh(folder)
-    port = free_port()
-    config = write_node_config(folder, port, ae_title, dicom, web)
+    port = port or free_port()
+    config = write_node_config(folder, port, ae_title, dicom, web, remotes)
     log_path = folder / "node.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([node_python(), "-m", "node", "--config", str(config), "serve"],

@@ -25,10 +25,10 @@ from typing import Iterator
 from pydicom import dcmread
 
 from bench.datagen import CT_500, GeneratedData, ensure_data
-from bench.harness import (BenchError, NodePeer, OrthancPeer, Peer, _die_with_parent, _fresh,
+from bench.harness import (BenchError, OrthancPeer, Peer, _die_with_parent, _fresh,
                            dcmtk_env, echo_ok, expect_counts, free_port, log_tail, node_python,
                            run_storescu, start_node, start_orthanc, stop_process, wait_until,
-                           warm_page_cache, write_node_config)
+                           warm_page_cache)
 from bench.scenario import Row, RunContext, Scenario
 
 DEST_AE = "STORESCP"
@@ -50,29 +50,6 @@ def start_storescp(folder: Path, port: int | None = None) -> Iterator[tuple[int,
         wait_until(lambda: echo_ok(port, DEST_AE), what="storescp", timeout=30, proc=proc,
                    log_path=log_path)
         yield port, folder / "in"
-    finally:
-        stop_process(proc)
-
-
-@contextmanager
-def start_node_with_remotes(folder: Path, remotes: dict[str, int], port: int | None = None
-                            ) -> Iterator[NodePeer]:
-    """``python -m node serve`` knowing ``remotes`` (AE title -> port on loopback)."""
-    _fresh(folder)
-    port = port or free_port()
-    config = write_node_config(folder, port)
-    with config.open("a") as fh:
-        for ae, remote_port in remotes.items():
-            fh.write(f'[remotes.{ae}]\nhost = "127.0.0.1"\nport = {remote_port}\n')
-    log_path = folder / "node.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([node_python(), "-m", "node", "--config", str(config), "serve"],
-                                cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=_die_with_parent)
-    try:
-        wait_until(lambda: echo_ok(port, "PACSNODE"), what="node", timeout=60, proc=proc,
-                   log_path=log_path)
-        yield NodePeer("node", "PACSNODE", port, proc, folder, log_path, config=config)
     finally:
         stop_process(proc)
 
@@ -144,7 +121,7 @@ def move_ct(ctx: RunContext) -> list[Row]:
     for label in ctx.order(["node", "Orthanc"]):
         with start_storescp(ctx.folder / f"storescp-{label}") as (dest_port, dest_folder):
             if label == "node":
-                with start_node_with_remotes(ctx.folder / "node", {DEST_AE: dest_port}) as node:
+                with start_node(ctx.folder / "node", remotes={DEST_AE: dest_port}) as node:
                     load(node, data)
                     seconds[label] = move_to_storescp(node, study_uid, dest_folder, data.count, ctx)
             else:
@@ -177,7 +154,7 @@ def node_retrieve(orthanc: OrthancPeer, study_uid: str, data: GeneratedData, ctx
     """A serving node that Orthanc knows as PACSNODE; ``node retrieve`` timed end to end."""
     port = free_port()
     _add_modality(orthanc, "PACSNODE", port)
-    with start_node_with_remotes(ctx.folder / "node", {orthanc.ae_title: orthanc.port}, port) as node:
+    with start_node(ctx.folder / "node", remotes={orthanc.ae_title: orthanc.port}, port=port) as node:
         cmd = [node_python(), "-m", "node", "--config", str(node.config), "retrieve", "--from",
                orthanc.ae_title, "--study", study_uid, "--no-progress"]
         start = time.perf_counter()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -20,8 +20,12 @@ def uid_param(request: Request, name: str) -> str:
     return value
 
 
-def int_param(request: Request, name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    """An integer query parameter within [minimum, maximum]; anything else is a 400."""
+D = TypeVar("D", int, None)
+
+
+def int_param(request: Request, name: str, default: D, minimum: int, maximum: int | None = None) -> int | D:
+    """An integer query parameter within [minimum, maximum] (``default`` when absent);
+    anything else is a 400."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default

@@ -26,7 +26,7 @@ from web.dicomweb.accept import DICOM_JSON, require_json
 from web.dicomweb.access import require_read
 from web.dicomweb.resources import instance_path, series_path, service_url, study_path
 from web.errors import BadRequest
-from web.params import uid_param
+from web.params import int_param, uid_param
 
 # PS3.18 Tables 10.6.3-3 (study), 10.6.3-4 (series), 10.6.3-5 (instance): what the catalogue
 # holds of them (TimezoneOffsetFromUTC and the performed procedure step keys it does not)
@@ -107,7 +107,7 @@ def parse_search(request: Request, level: str) -> Search:
         matchers.append((keyword, value))
     cap = context_of(request).settings.dicomweb.max_results
     return Search(level, tuple(scope), tuple(matchers), tuple(included),
-                  _number(request, "limit", cap, 1), _number(request, "offset", 0, 0),
+                  int_param(request, "limit", cap, 1), int_param(request, "offset", 0, 0),
                   _flag(request, "fuzzymatching"))
 
 
@@ -115,19 +115,6 @@ def _included(value: str) -> list[str]:
     if value.strip() == "all":
         return ["all"]
     return [keyword_of(item.strip()) for item in value.split(",") if item.strip()]
-
-
-def _number(request: Request, name: str, default: int, minimum: int) -> int:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw[:40]!r}") from None
-    if value < minimum:
-        raise BadRequest(f"{name}: expected at least {minimum}, got {value}")
-    return value
 
 
 def _flag(request: Request, name: str) -> bool:

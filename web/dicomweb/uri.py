@@ -20,6 +20,7 @@ from web.dicomweb.pixels import MAX_VIEWPORT, picture_response
 from web.dicomweb.resources import absolute
 from web.dicomweb.transcode import instance_chunks, instance_target
 from web.errors import BadRequest, NotFound
+from web.params import int_param
 
 _PICTURES = {"image/jpeg": "jpeg", "image/png": "png"}
 
@@ -31,19 +32,6 @@ def _uid(request: Request, name: str) -> str:
     if not is_valid_uid(value):
         raise BadRequest(f"{name}: not a DICOM UID (digits and dots, at most 64 characters): "
                          f"{value[:80]!r}")
-    return value
-
-
-def _int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: expected an integer, got {raw[:40]!r}") from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name}: expected {low} to {high}, got {value}")
     return value
 
 
@@ -84,11 +72,11 @@ def wado_uri(request: Request) -> Response:
                             "image/jpeg or image/png")
     if not inst.has_pixels:
         raise NotAcceptable(f"object {sop} has no pixel data: ask for contentType=application/dicom")
-    frame = _int(request, "frameNumber", 1, 1, inst.number_of_frames)
-    rows = _int(request, "rows", None, 1, MAX_VIEWPORT)
-    columns = _int(request, "columns", None, 1, MAX_VIEWPORT)
+    frame = int_param(request, "frameNumber", 1, 1, inst.number_of_frames)
+    rows = int_param(request, "rows", None, 1, MAX_VIEWPORT)
+    columns = int_param(request, "columns", None, 1, MAX_VIEWPORT)
     size = min(v for v in (rows, columns) if v) if rows or columns else None
-    quality = _int(request, "imageQuality", 90, 1, 100)
+    quality = int_param(request, "imageQuality", 90, 1, 100)
     assert frame is not None and quality is not None
     return picture_response(request, path, inst, frame, _PICTURES[content_type], _window(request),
                             quality, size)

@@ -10,6 +10,7 @@ import argparse
 import getpass
 import re
 import sys
+from typing import Callable
 
 from node.config import Settings
 
@@ -72,17 +73,8 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
     except WeakPassword as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    db = _open(settings)
-    try:
-        with db.connection_context():
-            create_user(args.name, password_hash, args.role)
-    except AccountError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    print(f"added {args.name} ({args.role})")
-    return 0
+    return _apply(settings, lambda: create_user(args.name, password_hash, args.role), AccountError,
+                  f"added {args.name} ({args.role})")
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
@@ -103,30 +95,26 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 def _disable(settings: Settings, args: argparse.Namespace) -> int:
     from db.accounts import UnknownUser, disable_user
 
-    db = _open(settings)
-    try:
-        with db.connection_context():
-            disable_user(args.name)
-    except UnknownUser as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    print(f"disabled {args.name}")
-    return 0
+    return _apply(settings, lambda: disable_user(args.name), UnknownUser, f"disabled {args.name}")
 
 
 def _role(settings: Settings, args: argparse.Namespace) -> int:
     from db.accounts import UnknownUser, change_role
 
+    return _apply(settings, lambda: change_role(args.name, args.role), UnknownUser,
+                  f"{args.name} is now {args.role}")
+
+
+def _apply(settings: Settings, change: Callable[[], object], mistakes: type[Exception], done: str) -> int:
+    """One account change on the catalogue; ``mistakes`` are the caller's (a line, exit 1)."""
     db = _open(settings)
     try:
         with db.connection_context():
-            change_role(args.name, args.role)
-    except UnknownUser as exc:
+            change()
+    except mistakes as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         db.close()
-    print(f"{args.name} is now {args.role}")
+    print(done)
     return 0

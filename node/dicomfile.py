@@ -14,7 +14,8 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
@@ -25,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from node.errors import InvalidDataset
+from node.headerscan import scan_header
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1583.1"  # node-local, under a UID prefix for test tools
 IMPLEMENTATION_VERSION = "PACSNODE_1"
@@ -102,8 +104,10 @@ def _explicit(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH", 2, element) + vr + struct.pack("<H", len(value)) + value
 
 
+# What pydicom raises for bytes it cannot parse; OSError too ("No tag to read at file
+# position ..." for a dataset cut inside a sequence): every parse here reads from memory.
 _PARSE_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, struct.error,
-                 OverflowError, NotImplementedError, AttributeError, IndexError)
+                 OverflowError, NotImplementedError, AttributeError, IndexError, OSError)
 
 
 class _BufferRaw(io.RawIOBase):
@@ -165,7 +169,7 @@ def read_header(part10: bytes | memoryview) -> InstanceHeader:
     ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "")
     if not ts:
         raise InvalidDataset("no Transfer Syntax UID in the file meta information")
-    header = _finish(ds, ts, part10, pixel_pos, 0)
+    header = _finish(partial(_raw_value, ds), _character_sets(ds), ts, part10, pixel_pos, 0)
     source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
     return dataclasses.replace(header, source_ae=source_ae or None)
 
@@ -173,10 +177,22 @@ def read_header(part10: bytes | memoryview) -> InstanceHeader:
 def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
                         file_offset: int) -> InstanceHeader:
     """Parse a dataset as received over DIMSE (no meta); pixel offsets are shifted by
-    ``file_offset``, the size of the meta written in front of it in the stored file."""
+    ``file_offset``, the size of the meta written in front of it in the stored file.
+
+    A plainly encoded little endian dataset is scanned directly (node.headerscan); anything
+    else, and anything the scan declines, is read by pydicom.
+    """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         raise ValueError("deflated datasets are parsed as Part 10 files")
     uid = UID(transfer_syntax)
+    if uid.is_little_endian:
+        scanned = scan_header(dataset, uid.is_implicit_VR, _WANTED_TAGS)
+        if scanned is not None:
+            if scanned.count == 0:
+                raise InvalidDataset("the dataset is empty")
+            raw = scanned.values
+            return _finish(raw.get, _charset_terms(raw.get(_CHARSET_TAG)), transfer_syntax, dataset,
+                           scanned.stop, file_offset)
     fp = open_buffer(dataset)
     try:
         ds = read_dataset(fp, uid.is_implicit_VR, uid.is_little_endian, stop_when=_at_pixel_data)
@@ -187,12 +203,14 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
         fp.close()
     if len(ds) == 0:
         raise InvalidDataset("the dataset is empty")
-    return _finish(ds, transfer_syntax, dataset, pixel_pos, file_offset)
+    return _finish(partial(_raw_value, ds), _character_sets(ds), transfer_syntax, dataset, pixel_pos,
+                   file_offset)
 
 
-def _finish(ds: Any, ts: str, data: bytes | memoryview, pixel_pos: int, file_offset: int) -> InstanceHeader:
+def _finish(raw_of: RawLookup, charsets: list[str] | None, ts: str, data: bytes | memoryview,
+            pixel_pos: int, file_offset: int) -> InstanceHeader:
     try:
-        attrs = header_attributes(ds, UID(ts).is_little_endian)
+        attrs = attributes_from_raw(raw_of, charsets, UID(ts).is_little_endian)
     except _PARSE_ERRORS + (LookupError,) as exc:
         raise InvalidDataset(f"cannot decode the header: {exc}") from None
     for key in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
@@ -293,22 +311,27 @@ _TEXT_VRS = {"LO", "SH", "ST", "LT", "UC", "UT", "PN"}  # decoded with the datas
 _FIELD_TAGS = {name: (keyword_dict[keyword], dictionary_VR(keyword_dict[keyword]), kind)
                for name, (keyword, kind) in HEADER_FIELDS.items()}
 _CHARSET_TAG = keyword_dict["SpecificCharacterSet"]
+_WANTED_TAGS = frozenset(tag for tag, _, _ in _FIELD_TAGS.values())
 
 
-def header_attributes(ds: Any, little_endian: bool = True) -> dict[str, Any]:
-    """Catalogue values from a header dataset, text decoded with its character set.
+RawLookup = Callable[[int], "bytes | None"]
+
+
+def attributes_from_raw(raw_of: RawLookup, charsets: list[str] | None,
+                        little_endian: bool = True) -> dict[str, Any]:
+    """Catalogue values from the raw bytes of the header's elements (``raw_of(tag)``), text
+    decoded with its character set.
 
     Reads the raw element bytes itself: pydicom's per-element conversion (with validation)
     costs more than the rest of a small C-STORE.
     """
-    charsets = _character_sets(ds)
     encodings = convert_encodings(charsets)
     values: dict[str, Any] = {}
     for name, (tag, vr, kind) in _FIELD_TAGS.items():
         if tag == _CHARSET_TAG:  # dcmread converts it while reading a file: take the terms
             values[name] = "\\".join(charsets) if charsets else None
             continue
-        raw = _raw_value(ds, tag)
+        raw = raw_of(tag)
         if not raw:
             values[name] = None
             continue
@@ -334,15 +357,19 @@ def header_attributes(ds: Any, little_endian: bool = True) -> dict[str, Any]:
 
 
 def _character_sets(ds: Any) -> list[str] | None:
-    """Specific Character Set terms; pydicom converts this element while reading."""
+    """Specific Character Set terms; pydicom converts this element while reading a file."""
     elem = ds.get_item(_CHARSET_TAG)
     value = None if elem is None else elem.value
+    if isinstance(value, str):
+        value = [value] if value else None
+    return _charset_terms(value)
+
+
+def _charset_terms(value: bytes | list[str] | None) -> list[str] | None:
     if not value:
         return None
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace").split("\\")
-    elif isinstance(value, str):
-        value = [value]
     return [str(v).strip() for v in value]
 
 

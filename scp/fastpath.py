@@ -46,6 +46,7 @@ from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
 
 from scp.fastdul import FastDUL
+from scp.faststore import FastStorageServiceClass, is_plain_storage_request
 from scu.direct_store import command_ui, command_us
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -225,6 +226,18 @@ class FastDIMSE(DIMSEServiceProvider):
         self.dul.send_pdu(pdata)
 
 
+    def send_store_response(self, context_id: int, request: C_STORE, status: int) -> bool:
+        """Answer a C-STORE request with a plain status, encoded directly (scp.faststore);
+        False, with nothing sent, where the response must go through ``send_msg``."""
+        if self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            return False
+        command = store_response_command(request.MessageID, request.AffectedSOPClassUID,
+                                         request.AffectedSOPInstanceUID, status)
+        max_pdu = self.maximum_pdu_size
+        if max_pdu and len(command) + 7 > max_pdu:
+            return False
+        return self.dul.send_pdata_now(context_id, b"\x03" + command)
+
     def _send_encoded(self, primitive: Any, context_id: int) -> None:
         """pynetdicom's send_msg, its P-DATA PDUs written from this thread (DT-1 in Sta6)
         rather than queued one by one for the DUL thread.
@@ -274,13 +287,21 @@ def _plain_store_response(primitive: Any) -> bytes | None:
             return None
     if primitive.Status is None or primitive.AffectedSOPClassUID is None:
         return None
+    return store_response_command(primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
+                                  primitive.AffectedSOPInstanceUID, primitive.Status)
+
+
+def store_response_command(message_id: int, sop_class_uid: str, sop_instance_uid: str | None,
+                           status: int) -> bytes:
+    """A C-STORE-RSP command set (PS3.7 9.3.1.2) of its required elements, implicit VR
+    little endian, as pynetdicom encodes it."""
     body = b"".join((
-        command_ui(0x0002, primitive.AffectedSOPClassUID),
+        command_ui(0x0002, sop_class_uid),
         command_us(0x0100, 0x8001),
-        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
+        command_us(0x0120, message_id),
         command_us(0x0800, 0x0101),
-        command_us(0x0900, primitive.Status),
-        command_ui(0x1000, primitive.AffectedSOPInstanceUID) if primitive.AffectedSOPInstanceUID else b"",
+        command_us(0x0900, status),
+        command_ui(0x1000, sop_instance_uid) if sop_instance_uid else b"",
     ))
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
@@ -389,6 +410,22 @@ class FastAssociation(Association):
             cached = (accepted, len(accepted), sorted(accepted.values(), key=lambda cx: cx.context_id))
             self.__dict__["_sorted_accepted"] = cached
         return list(cached[2])
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """As upstream, with C-STORE requests on storage contexts served by scp.faststore."""
+        context = self._accepted_cx.get(context_id)
+        if not is_plain_storage_request(self, msg, context):
+            super()._serve_request(msg, context_id)
+            return
+        try:  # upstream's steps around StorageServiceClass.SCP
+            self.dimse.cancel_req = {}
+            self._is_paused = True
+            FastStorageServiceClass(self).SCP(msg, context)
+            self._is_paused = False
+            self.dimse.cancel_req = {}
+        except Exception as exc:  # noqa: BLE001 - as upstream: log and abort the association
+            logging.getLogger("pynetdicom.association").exception(exc)
+            self.abort()
 
     def _run_reactor(self) -> None:
         """pynetdicom's acceptor loop, waiting on the message queue rather than sleeping."""

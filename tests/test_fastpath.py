@@ -411,3 +411,36 @@ def _find_rsp():
     rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
     rsp.Status = 0x0000
     return rsp
+
+
+def test_store_requests_answered_alike_with_and_without_fast_store(running_node, monkeypatch):
+    """Success, a failure with an Error Comment (a status Dataset) and a handler that raises
+    (0xC211, as pynetdicom's ``attempt``): the same answers whether scp.faststore or pynetdicom's StorageServiceClass serves them; only the stock
+    node goes through the latter."""
+    from pynetdicom.service_class import StorageServiceClass
+
+    from node.errors import DuplicateInstance
+
+    served_by_stock = []
+    stock_scp = StorageServiceClass.SCP
+    monkeypatch.setattr(StorageServiceClass, "SCP",
+                        lambda self, req, cx: served_by_stock.append(1) or stock_scp(self, req, cx))
+    ingest = running_node.ingestor.ingest_received
+    outcomes = iter([None, DuplicateInstance("already stored"), RuntimeError("handler bug")])
+
+    def ingest_or_fail(*args, **kwargs):
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+        return ingest(*args, **kwargs)
+
+    monkeypatch.setattr(running_node.ingestor, "ingest_received", ingest_or_fail)
+    assoc = _associate(running_node)
+    try:
+        answers = [assoc.send_c_store(make_dataset(instance_number=n)) for n in range(3)]
+        assert assoc.send_c_echo().Status == 0x0000  # the association is still served
+    finally:
+        assoc.release()
+    assert [a.Status for a in answers] == [0x0000, 0x0111, 0xC211]
+    assert answers[1].ErrorComment == "already stored"
+    assert len(served_by_stock) == (0 if running_node.fast_path else 3)

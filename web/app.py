@@ -1,8 +1,9 @@
 """The app factory and the one route table of the HTTP API (shared/STYLE.md, 4).
 
-Middleware, outermost first: CORS (only with ``web.cors_origins``), metrics (every request,
-by route template), body size cap, gzip for JSON, bearer authentication, then per-user
-concurrency and rate limits.
+Middleware, outermost first: the sendfile offer (``web.zerocopy``, around Starlette's own
+error handling), CORS (only with ``web.cors_origins``), metrics (every request, by route
+template), body size cap, gzip for JSON, bearer authentication, then per-user concurrency and
+rate limits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from node.config import Settings
 from node.tokens import TokenService, load_or_create_secret
@@ -31,6 +33,7 @@ from web.openapi import openapi_document
 from web.security import BearerBackend, LoginThrottle
 from web.uploads_service import UploadSessions
 from web.uploads_tus import EXPOSED_HEADERS, REQUEST_HEADERS
+from web.zerocopy import SendfileMiddleware
 
 _UPLOAD_BINARY = re.compile(r"/api/upload-sessions/[^/]+/binary")  # tus PATCH: uploads.max_chunk_bytes
 PUBLIC_PATHS = frozenset({"/healthz", "/metrics", "/api/token/", "/api/token/refresh/"})
@@ -48,6 +51,14 @@ VIEWER_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+
+
+class NodeApp(Starlette):
+    """Starlette with ``web.zerocopy.SendfileMiddleware`` around its whole middleware stack:
+    it must see the server's own ``send``, which Starlette's error middleware wraps."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SendfileMiddleware(super().build_middleware_stack())
 
 
 class ViewerFiles(StaticFiles):
@@ -125,7 +136,7 @@ def create_app(settings: Settings, *, node_status: NodeStatus | None = None,
             allow_headers=["Authorization", "Content-Type", "Accept", "If-None-Match", "Range",
                            *REQUEST_HEADERS],
             expose_headers=[*EXPOSED_HEADERS, "Location", "ETag"], max_age=600))
-    app = Starlette(routes=routes(settings), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+    app = NodeApp(routes=routes(settings), middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.ctx = ctx
     # paths no API route knows are the viewer's files (API methods and errors stay as they are)
     app.router.default = ViewerFiles(directory=Path(__file__).parent / "static", html=True)

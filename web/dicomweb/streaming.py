@@ -8,11 +8,19 @@ at most two blocks are held (uvicorn's flow control bounds what waits in the tra
 When every part goes out as stored, the length is known up front (no chunked framing), and
 the parts are read straight into each block's buffer (``stored_blocks``): no chunk objects
 and no joining copy (a 250 x 512 KiB series: ~25% less CPU in the server, ~12% less time).
+Better still, where the server offers it (``web.zerocopy``: uvicorn over plain TCP),
+``StoredFilesResponse`` has the kernel send each stored file (sendfile(2)): no byte of the
+files passes through Python. Files are opened in the event loop's thread then (an open is
+microseconds; a worker-thread hop per file would cost more), the next one with a readahead
+hint so a file not in the page cache is mostly read while the current one is sent: sendfile
+reads the disk in the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -20,6 +28,8 @@ from typing import Iterable, Iterator, Sequence
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from web.zerocopy import SENDFILE, FileSender
 
 BLOCK = 1 << 20  # measured on a 250 x 512 KiB series: 256 KiB and 4 MiB both cost more CPU
 STORED_BLOCK = 2 << 20  # the same series read into blocks: 2 MiB beat 1, 3, 4 and 8 MiB
@@ -104,3 +114,69 @@ class PrefetchingResponse(Response):
             close = getattr(self.blocks, "close", None)
             if close is not None:
                 await run_in_threadpool(close)
+
+
+class StoredFilesResponse(Response):
+    """Each head then its stored file (of ``sizes`` bytes, as stat'ed) as it is, then
+    ``tail``, with a Content-Length: by sendfile(2) when the server offers a FileSender, else
+    read into blocks (``stored_blocks``). Both send the same bytes; a file that changed size
+    since it was stat'ed fails the body (the connection is cut) on either path."""
+
+    def __init__(self, heads: Sequence[bytes], paths: Sequence[Path], sizes: Sequence[int], tail: bytes,
+                 media_type: str) -> None:
+        super().__init__(None, media_type=media_type)
+        self.heads, self.paths, self.sizes, self.tail = heads, paths, sizes, tail
+        self.headers["content-length"] = str(stored_length(heads, sizes, tail))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = (scope.get("extensions") or {}).get(SENDFILE)
+        if sender is None:
+            blocks = stored_blocks(self.heads, self.paths, self.sizes, self.tail)
+            fallback = PrefetchingResponse(blocks, self.media_type or "", int(self.headers["content-length"]))
+            await fallback(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if await self._send_parts(sender, send):
+            await send({"type": "http.response.body", "body": self.tail, "more_body": False})
+
+    async def _send_parts(self, sender: FileSender, send: Send) -> bool:
+        """Every head and file; False when the client went away (nothing more to send)."""
+        files = _opened_one_ahead(self.paths)
+        try:
+            for head, size, fh in zip(self.heads, self.sizes, files):
+                _check_size(fh, size)
+                await send({"type": "http.response.body", "body": head, "more_body": True})
+                await sender.send_file(fh, 0, size)
+                _check_size(fh, size)
+                if sender.client_gone:
+                    return False
+            return True
+        finally:
+            files.close()
+
+
+def _opened_one_ahead(paths: Sequence[Path]) -> Iterator[io.FileIO]:
+    """Each file open while it is sent, the next one already opened with a readahead hint
+    (POSIX_FADV_WILLNEED starts its reads and returns), so the disk works meanwhile."""
+    ahead = _open_with_readahead(paths[0]) if paths else None
+    try:
+        for following in [*paths[1:], None]:
+            current, ahead = ahead, _open_with_readahead(following) if following is not None else None
+            with current:  # type: ignore[union-attr]
+                yield current  # type: ignore[misc]
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _open_with_readahead(path: Path) -> io.FileIO:
+    fh = io.FileIO(path, "rb")
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+    return fh
+
+
+def _check_size(fh: io.FileIO, size: int) -> None:
+    now = os.fstat(fh.fileno()).st_size
+    if now != size:
+        raise OSError(f"{fh.name} got {'shorter' if now < size else 'longer'} while it was being sent")

@@ -26,7 +26,7 @@ from web.dicomweb.access import audit, require_read
 from web.dicomweb.errors import NotAcceptable
 from web.dicomweb.multipart import closing, multipart_type, new_boundary, part_head
 from web.dicomweb.resources import absolute, instance_path, named_files, pixel_vr, service_url
-from web.dicomweb.streaming import PrefetchingResponse, packed, stored_blocks, stored_length
+from web.dicomweb.streaming import PrefetchingResponse, StoredFilesResponse, packed
 from web.dicomweb.transcode import instance_chunks, instance_target
 from web.errors import NotFound
 
@@ -69,9 +69,7 @@ def retrieve(request: Request) -> Response:
         stored, target = files[0].transfer_syntax, targets[files[0].transfer_syntax]
         media = f"{DICOM}; transfer-syntax={target}"
         if as_stored:
-            sizes = [paths[0].stat().st_size]
-            return PrefetchingResponse(stored_blocks([b""], paths, sizes, b""), media,
-                                       stored_length([b""], sizes, b""))
+            return StoredFilesResponse([b""], paths, [paths[0].stat().st_size], b"", media)
         return PrefetchingResponse(packed(instance_chunks(paths[0], stored, target)), media)
     boundary = new_boundary()
     sent = set(targets.values())
@@ -79,10 +77,8 @@ def retrieve(request: Request) -> Response:
     heads = [part_head(boundary, f"{DICOM}; transfer-syntax={targets[f.transfer_syntax]}", i == 0)
              for i, f in enumerate(files)]
     tail = closing(boundary)
-    if as_stored:  # read straight into the blocks sent, the length known up front
-        sizes = [p.stat().st_size for p in paths]
-        return PrefetchingResponse(stored_blocks(heads, paths, sizes, tail), media,
-                                   stored_length(heads, sizes, tail))
+    if as_stored:  # sent by the kernel or read straight into blocks, the length known up front
+        return StoredFilesResponse(heads, paths, [p.stat().st_size for p in paths], tail, media)
     return PrefetchingResponse(packed(_multipart_chunks(files, paths, heads, tail, targets)), media)
 
 

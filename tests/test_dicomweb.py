@@ -278,6 +278,24 @@ def test_retrieve_paths_naming_nothing_are_404_and_bad_uids_400(web):
     assert web.get(f"{ROOT}/studies/{'1' * 65}/metadata").status_code == 400
 
 
+def test_retrieve_with_a_stored_file_gone_is_404_before_any_byte(web):
+    study_a, _, sops = _two_studies(web)
+    ct = _value(web.get(f"{ROOT}/studies/{study_a}/series").json()[0], "0020000E")
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    with database.connection_context():
+        from db.models import Instance
+
+        row = Instance.get(Instance.sop_instance_uid == sops[1])
+    (web.settings.data_dir / row.path).unlink()
+    gone = web.get(f"{ROOT}/studies/{study_a}/series/{ct}", headers=accept)
+    assert gone.status_code == 404 and f"1 instance(s) are missing from storage, first {sops[1]}" in gone.text
+    assert web.get(f"{ROOT}/studies/{study_a}/series/{ct}/instances/{sops[0]}", headers=accept).status_code == 200
+    with database.connection_context():
+        Instance.update(path="../" * 6 + "etc/passwd").where(Instance.sop_instance_uid == sops[0]).execute()
+    outside = web.get(f"{ROOT}/studies/{study_a}/series/{ct}/instances/{sops[0]}", headers=accept)
+    assert outside.status_code == 404 and "not available" in outside.text
+
+
 def _instance_url(ds) -> str:  # noqa: ANN001
     return f"{ROOT}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
 

@@ -8,6 +8,7 @@ the path says, is a 404. Files are resolved inside ``data_dir`` only.
 from __future__ import annotations
 
 import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,18 +68,41 @@ def named_files(request: Request) -> list[InstanceFile]:
 
 
 def absolute(request: Request, relative: str) -> Path:
-    """The stored file's path, normalised without touching the disk (a series retrieve asks
-    for hundreds at once); a catalogue row must never lead out of data_dir."""
-    data_dir = _resolved(context_of(request).data_dir)
-    path = Path(os.path.normpath(data_dir / relative))
-    if not path.is_relative_to(data_dir):
+    """The stored file's path, normalised without touching the disk; a catalogue row must
+    never lead out of data_dir."""
+    return Path(_inside(_resolved(context_of(request).data_dir), relative))
+
+
+def stored_files_on_disk(request: Request, files: list[InstanceFile]) -> tuple[list[str], list[int]]:
+    """Each instance's file and its size now, by one stat each (a series retrieve names
+    hundreds: strings, not Paths, which cost ten times as much here); 404 when any is missing,
+    before a byte of the answer is sent."""
+    root = _resolved(context_of(request).data_dir)
+    paths = [_inside(root, f.path) for f in files]
+    sizes = []
+    for f, path in zip(files, paths):
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            found = None
+        if found is None or not stat.S_ISREG(found.st_mode):
+            missing = sum(not os.path.isfile(p) for p in paths)
+            raise NotFound(f"the files of {missing} instance(s) are missing from storage, "
+                           f"first {f.sop_instance_uid}")
+        sizes.append(found.st_size)
+    return paths, sizes
+
+
+def _inside(root: str, relative: str) -> str:
+    path = os.path.normpath(os.path.join(root, relative))
+    if not path.startswith(root.rstrip(os.sep) + os.sep):
         raise NotFound("the stored file is not available")
     return path
 
 
 @lru_cache(maxsize=8)
-def _resolved(folder: Path) -> Path:
-    return folder.resolve()
+def _resolved(folder: Path) -> str:
+    return str(folder.resolve())
 
 
 def named_instance(request: Request) -> tuple[InstancePixels, Path]:

@@ -22,7 +22,6 @@ import asyncio
 import io
 import os
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
@@ -54,7 +53,7 @@ def stored_length(heads: Sequence[bytes], sizes: Sequence[int], tail: bytes) -> 
     return sum(len(h) for h in heads) + sum(sizes) + len(tail)
 
 
-def stored_blocks(heads: Sequence[bytes], paths: Sequence[Path], sizes: Sequence[int], tail: bytes,
+def stored_blocks(heads: Sequence[bytes], paths: Sequence[str], sizes: Sequence[int], tail: bytes,
                   block: int = STORED_BLOCK) -> Iterator[bytearray]:
     """Each head then its stored file (of ``sizes`` bytes, as stat'ed for the Content-Length),
     then ``tail``, in blocks of ``block`` bytes (the last may be smaller). Files are read with
@@ -122,7 +121,7 @@ class StoredFilesResponse(Response):
     read into blocks (``stored_blocks``). Both send the same bytes; a file that changed size
     since it was stat'ed fails the body (the connection is cut) on either path."""
 
-    def __init__(self, heads: Sequence[bytes], paths: Sequence[Path], sizes: Sequence[int], tail: bytes,
+    def __init__(self, heads: Sequence[bytes], paths: Sequence[str], sizes: Sequence[int], tail: bytes,
                  media_type: str) -> None:
         super().__init__(None, media_type=media_type)
         self.heads, self.paths, self.sizes, self.tail = heads, paths, sizes, tail
@@ -144,10 +143,9 @@ class StoredFilesResponse(Response):
         files = _opened_one_ahead(self.paths)
         try:
             for head, size, fh in zip(self.heads, self.sizes, files):
-                _check_size(fh, size)
-                await send({"type": "http.response.body", "body": head, "more_body": True})
+                _check_size(fh, size)  # a shorter file the send notices; a longer one it would not
+                await sender.send_bytes(head)
                 await sender.send_file(fh, 0, size)
-                _check_size(fh, size)
                 if sender.client_gone:
                     return False
             return True
@@ -155,7 +153,7 @@ class StoredFilesResponse(Response):
             files.close()
 
 
-def _opened_one_ahead(paths: Sequence[Path]) -> Iterator[io.FileIO]:
+def _opened_one_ahead(paths: Sequence[str]) -> Iterator[io.FileIO]:
     """Each file open while it is sent, the next one already opened with a readahead hint
     (POSIX_FADV_WILLNEED starts its reads and returns), so the disk works meanwhile."""
     ahead = _open_with_readahead(paths[0]) if paths else None
@@ -169,7 +167,7 @@ def _opened_one_ahead(paths: Sequence[Path]) -> Iterator[io.FileIO]:
             ahead.close()
 
 
-def _open_with_readahead(path: Path) -> io.FileIO:
+def _open_with_readahead(path: str) -> io.FileIO:
     fh = io.FileIO(path, "rb")
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)

@@ -59,14 +59,14 @@ def frame_target(stored: str, asked: str | None) -> str | None:
     return None
 
 
-def file_chunks(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
+def file_chunks(path: str | Path, chunk: int = CHUNK) -> Iterator[bytes]:
     """The stored file as it is, a chunk at a time (a series is never held in memory)."""
     with open(path, "rb", buffering=0) as fh:
         while data := fh.read(chunk):
             yield data
 
 
-def instance_chunks(path: Path, stored: str, target: str) -> Iterator[bytes]:
+def instance_chunks(path: str | Path, stored: str, target: str) -> Iterator[bytes]:
     """The instance in ``target``: streamed as stored, or converted one instance at a time."""
     if target == stored:
         yield from file_chunks(path)
@@ -74,7 +74,7 @@ def instance_chunks(path: Path, stored: str, target: str) -> Iterator[bytes]:
     yield converted(path, stored, target)
 
 
-def converted(path: Path, stored: str, target: str) -> bytes:
+def converted(path: str | Path, stored: str, target: str) -> bytes:
     """A Part 10 file re-encoded in ``target`` (uncompressed), decompressing if needed."""
     from pydicom import dcmread
 

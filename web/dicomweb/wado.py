@@ -25,10 +25,10 @@ from web.dicomweb.accept import DICOM, DICOM_JSON, accepted, dicom_range, requir
 from web.dicomweb.access import audit, require_read
 from web.dicomweb.errors import NotAcceptable
 from web.dicomweb.multipart import closing, multipart_type, new_boundary, part_head
-from web.dicomweb.resources import absolute, instance_path, named_files, pixel_vr, service_url
+from web.dicomweb.resources import (absolute, instance_path, named_files, pixel_vr, service_url,
+                                    stored_files_on_disk)
 from web.dicomweb.streaming import PrefetchingResponse, StoredFilesResponse, packed
 from web.dicomweb.transcode import instance_chunks, instance_target
-from web.errors import NotFound
 
 _METADATA_BATCH = 64  # instances joined per chunk of a metadata answer
 
@@ -58,18 +58,14 @@ def retrieve(request: Request) -> Response:
     who = require_read(request)
     files = named_files(request)
     multipart, targets = _plan(request, files)
-    paths = [absolute(request, f.path) for f in files]
-    missing = [f.sop_instance_uid for f, p in zip(files, paths) if not p.is_file()]
-    if missing:
-        raise NotFound(f"the files of {len(missing)} instance(s) are missing from storage, "
-                       f"first {missing[0]}")
+    paths, sizes = stored_files_on_disk(request, files)
     audit(request, who, [files[0].study_uid], "dicomweb-retrieve")
     as_stored = all(targets[f.transfer_syntax] == f.transfer_syntax for f in files)
     if not multipart:
         stored, target = files[0].transfer_syntax, targets[files[0].transfer_syntax]
         media = f"{DICOM}; transfer-syntax={target}"
         if as_stored:
-            return StoredFilesResponse([b""], paths, [paths[0].stat().st_size], b"", media)
+            return StoredFilesResponse([b""], paths, sizes, b"", media)
         return PrefetchingResponse(packed(instance_chunks(paths[0], stored, target)), media)
     boundary = new_boundary()
     sent = set(targets.values())
@@ -78,11 +74,11 @@ def retrieve(request: Request) -> Response:
              for i, f in enumerate(files)]
     tail = closing(boundary)
     if as_stored:  # sent by the kernel or read straight into blocks, the length known up front
-        return StoredFilesResponse(heads, paths, [p.stat().st_size for p in paths], tail, media)
+        return StoredFilesResponse(heads, paths, sizes, tail, media)
     return PrefetchingResponse(packed(_multipart_chunks(files, paths, heads, tail, targets)), media)
 
 
-def _multipart_chunks(files: list[InstanceFile], paths: list[Path], heads: list[bytes],
+def _multipart_chunks(files: list[InstanceFile], paths: list[str], heads: list[bytes],
                       tail: bytes, targets: dict[str, str]) -> Iterator[bytes]:
     for f, path, head in zip(files, paths, heads):
         yield head

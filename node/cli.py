@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from node.runtime import Node, run_until_signalled
 
+    if not args.verbose:  # a line per C-FIND match and C-MOVE/C-GET sub-operation; scp logs one per request
+        logging.getLogger("pynetdicom.service_class").setLevel(logging.WARNING)
     run_until_signalled(Node(settings, web=True))
     return 0
 

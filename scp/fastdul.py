@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, cast
+from typing import Any, Iterator, cast
 
 from pynetdicom import _config, evt
 from pynetdicom.dul import DULServiceProvider
@@ -263,25 +263,34 @@ class FastDUL(DULServiceProvider):
                 self._flush_held()
         return True
 
-    def send_pdus_now(self, parts: list[Any]) -> bool:
-        """Whole P-DATA-TF PDUs, framed by the caller (headers and fragments in order), as
-        one write from the calling thread (DT-1 in Sta6) together with whatever is held (a
-        C-GET's Pending response goes out with the next sub-operation's C-STORE-RQ): the
-        pieces are joined once. False, with nothing of ``parts`` sent, in the cases where
-        ``send_pdata_now`` returns False."""
+    def send_message_now(self, blocks: Iterator[Any]) -> bool:
+        """A whole message as blocks of framed P-DATA-TF PDUs (``scu.direct_store``), written
+        from the calling thread (DT-1 in Sta6) after whatever is held (a C-GET's Pending
+        response goes out just before the next sub-operation's C-STORE-RQ). The first block
+        is built before anything is written, so its error leaves nothing sent. False, with
+        nothing sent, in the cases where ``send_pdata_now`` returns False. A later block that
+        cannot be built (OSError) aborts the association: the peer got part of a message."""
         if not self._pdata_fast():
             with self._send_lock:
                 self._flush_held()
             return False
+        failed: OSError | None = None
         with self._send_lock:
             transport = self.socket
             if transport is None or transport.socket is None or self.state_machine.current_state != "Sta6":
                 self._flush_held()
                 return False
-            held = self.__dict__.setdefault("_held", [])
-            data = b"".join([*held, *parts])
-            held.clear()
-            transport.send(memoryview(data))  # a partial write re-sends a view, not a copy
+            first = next(blocks)
+            self._flush_held()
+            transport.send(first)
+            try:
+                for block in blocks:
+                    transport.send(block)
+            except OSError as exc:
+                failed = exc
+        if failed is not None:
+            self.assoc.abort()
+            raise failed
         return True
 
 

@@ -118,6 +118,7 @@ def handle_find(event: Any, settings: Settings,
     implicit = event.context.transfer_syntax == ImplicitVRLittleEndian
     encode_directly = encode_directly and layout.directly_encodable
     pending = statuses.PENDING_UNSUPPORTED_KEYS if ignored_matching_keys(query) else statuses.PENDING
+    log.info("C-FIND from %s at %s level: %d match(es)", calling_ae, query.level, min(len(matches), cap))
     for count, values in enumerate(matches):
         if event.is_cancelled:
             log.info("C-FIND from %s cancelled after %d responses", calling_ae, count)

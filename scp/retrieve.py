@@ -26,11 +26,15 @@ opens (and closes) the association to the destination first.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -49,6 +53,7 @@ from scu.store import (MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for
 
 log = logging.getLogger(__name__)
 
+_SOP_CLASS_UID, _SOP_INSTANCE_UID = Tag(0x00080016), Tag(0x00080018)
 _UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
                 "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
@@ -56,15 +61,18 @@ _UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID",
 class StoredFile(Dataset):
     """A sub-operation's instance as its stored file. pynetdicom's Q/R service passes only
     Datasets on to ``send_c_store``, and reads the SOP Instance UID of a failed one for the
-    Failed SOP Instance UID List: this one carries the UIDs and the file's path."""
+    Failed SOP Instance UID List: this one carries the UIDs as raw elements (decoded only
+    if asked for: setting them by keyword cost more than the rest of a sub-operation's
+    bookkeeping) and, as plain attributes, the UIDs, the file's path and its syntax."""
 
     def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str,
                  transfer_syntax: str) -> None:
         super().__init__()
-        self.SOPClassUID = sop_class_uid
-        self.SOPInstanceUID = sop_instance_uid
-        object.__setattr__(self, "stored_path", path)
-        object.__setattr__(self, "stored_syntax", transfer_syntax)
+        for tag, uid in ((_SOP_CLASS_UID, sop_class_uid), (_SOP_INSTANCE_UID, sop_instance_uid)):
+            raw = uid.encode("ascii")
+            raw += b"\0" * (len(raw) % 2)
+            self._dict[tag] = RawDataElement(tag, "UI", len(raw), raw, 0, False, True)
+        object.__setattr__(self, "stored", (path, sop_class_uid, sop_instance_uid, transfer_syntax))
 
 
 def send_stored_files(assoc: Association) -> None:
@@ -77,15 +85,20 @@ def send_stored_files(assoc: Association) -> None:
     original = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        status = sent(dataset, *args, **kwargs)
+        note_sub_operation(assoc, dataset, status)
+        return status
+
+    def sent(dataset: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(dataset, StoredFile):
             originator = kwargs.get("originator_aet"), kwargs.get("originator_id")
-            rsp = send_file_directly(assoc, dataset.stored_path, dataset.SOPClassUID,
-                                     dataset.SOPInstanceUID, dataset.stored_syntax,
+            path, sop_class_uid, sop_instance_uid, transfer_syntax = dataset.stored
+            rsp = send_file_directly(assoc, path, sop_class_uid, sop_instance_uid, transfer_syntax,
                                      kwargs.get("msg_id", 1),
                                      originator if originator[0] and originator[1] is not None else None)
             if rsp is not None:
                 return rsp
-            dataset = dataset.stored_path
+            dataset = path
         try:
             return original(dataset, *args, **kwargs)
         finally:
@@ -93,6 +106,46 @@ def send_stored_files(assoc: Association) -> None:
 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign]
     assoc._sends_stored_files = True  # type: ignore[attr-defined]
+
+
+@dataclass
+class SubOperations:
+    """Outcomes of the C-STORE sub-operations sent on one association, for the one line a
+    retrieve logs when it ends (``serve`` keeps pynetdicom's line per response out of the
+    log); each failure is logged as it happens, with its status."""
+
+    completed: int = 0
+    warning: int = 0
+    failed: int = 0
+
+    def summary(self, total: int) -> str:
+        return (f"{self.completed} of {total} sub-operation(s) completed, {self.warning} with a "
+                f"warning, {self.failed} failed")
+
+
+def sub_operations(assoc: Association | None) -> SubOperations:
+    if assoc is None:
+        return SubOperations()
+    tally = assoc.__dict__.get("_sub_operations")
+    if tally is None:
+        tally = assoc.__dict__["_sub_operations"] = SubOperations()
+    return tally
+
+
+def note_sub_operation(assoc: Association, dataset: Any, status: Any) -> None:
+    code = getattr(status, "Status", None)
+    tally = sub_operations(assoc)
+    if code == 0x0000:
+        tally.completed += 1
+        return
+    if code is not None and 0xB000 <= code <= 0xBFFF:
+        tally.warning += 1
+        return
+    tally.failed += 1
+    uid = dataset.stored[2] if isinstance(dataset, StoredFile) else getattr(dataset, "SOPInstanceUID", "?")
+    log.warning("C-STORE sub-operation of %s to %s failed: %s", uid, assoc.acceptor.ae_title.strip()
+                if assoc.is_requestor else assoc.requestor.ae_title.strip(),
+                f"status 0x{code:04X}" if code is not None else "no response")
 
 
 class _StoreAssociation:
@@ -144,6 +197,8 @@ def handle_move(event: Any, settings: Settings) -> Iterator[Any]:
             yield statuses.CANCEL, None
             return
         yield statuses.PENDING, dataset_for_sub_operation(inst, store.assoc, settings)
+    log.info("C-MOVE from %s to %s: %s", calling_ae, destination,
+             sub_operations(store.assoc).summary(len(instances)))
 
 
 def handle_get(event: Any, settings: Settings) -> Iterator[Any]:
@@ -157,6 +212,8 @@ def handle_get(event: Any, settings: Settings) -> Iterator[Any]:
         return
     yield len(instances)
     send_stored_files(event.assoc)
+    log.info("C-GET from %s: %d instance(s)", calling_ae, len(instances))
+    before = dataclasses.replace(sub_operations(event.assoc))
     for done, inst in enumerate(instances):
         if event.is_cancelled:
             log.info("C-GET from %s cancelled after %d of %d sub-operations", calling_ae, done,
@@ -164,6 +221,10 @@ def handle_get(event: Any, settings: Settings) -> Iterator[Any]:
             yield statuses.CANCEL, None
             return
         yield statuses.PENDING, dataset_for_sub_operation(inst, event.assoc, settings)
+    now = sub_operations(event.assoc)  # an association may carry several C-GETs
+    log.info("C-GET from %s: %s", calling_ae, SubOperations(
+        now.completed - before.completed, now.warning - before.warning, now.failed - before.failed,
+    ).summary(len(instances)))
 
 
 def instances_to_retrieve(event: Any, settings: Settings, calling_ae: str,

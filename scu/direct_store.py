@@ -7,7 +7,8 @@ the state machine, encodes it as a PDU and writes it: for a 512x512 CT slice to 
 of the sending side's time. Here the sending thread writes the PDUs itself: the command set
 encoded directly (PS3.7 9.3.1.1, implicit VR little endian, as for the C-STORE-RSP of
 scp.fastpath), then the file's dataset bytes as stored, framed as P-DATA-TF PDUs within the
-peer's maximum length (PS3.8 9.3.5), a few hundred kilobytes a write. The response still
+peer's maximum length (PS3.8 9.3.5), built in one buffer the association reuses and written
+up to MESSAGE_BLOCK bytes at a time (a CT slice in one write). The response still
 comes through pynetdicom (DUL thread, DIMSE decode), as does everything else on the
 association. The reactor is paused for the exchange as pynetdicom's own ``send_c_store``
 does (and stays paused until the association ends: ``pause_reactor``), and the state
@@ -20,17 +21,20 @@ falls back to pynetdicom's ``send_c_store``.
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-WRITE_SIZE = 262144  # bytes of PDUs gathered into one socket write
+MESSAGE_BLOCK = 4 << 20  # bytes of framed PDUs built and written at a time (a CT slice: all of it)
+_MAX_FRAGMENTS = 512  # PDVs a block holds: one preadv, under IOV_MAX
+_PDV_HEAD = 12  # P-DATA-TF PDU header (6), PDV item length (4), context ID, control header
 _PDU_LEVEL_EVENTS = (evt.EVT_DATA_SENT, evt.EVT_PDU_SENT, evt.EVT_DIMSE_SENT, evt.EVT_FSM_TRANSITION)
 
 
@@ -68,22 +72,96 @@ def dataset_offset(fp: Any) -> int:
     return 144 + length
 
 
-def store_pdvs(path: Path, sop_class_uid: str, sop_instance_uid: str, msg_id: int, max_pdu: int,
-               originator: tuple[str, int] | None = None) -> list[tuple[int, Any]]:
-    """(message control header, fragment) of each PDV of a C-STORE-RQ of the file's dataset
-    bytes, one PDV per PDU within the peer's maximum length (0: no limit). Raises OSError or
-    ValueError when the file cannot be read."""
-    with open(path, "rb") as fp:
-        offset = dataset_offset(fp)
-        fp.seek(offset)
-        data = fp.read()
-    chunk = max(max_pdu - 6, 1024) if max_pdu else max(len(data), 1)
-    pdvs: list[tuple[int, Any]] = [(0x03, store_command_set(sop_class_uid, sop_instance_uid, msg_id,
-                                                            originator))]
-    view = memoryview(data)
-    for start in range(0, len(view), chunk) if len(view) else [0]:
-        pdvs.append((0x02 if start + chunk >= len(view) else 0x00, view[start:start + chunk]))
-    return pdvs
+class MessageBuffer:
+    """One association's memory for its outgoing C-STORE messages, reused from one to the
+    next: a 512 KiB slice read into fresh memory, then joined with its PDU headers into more
+    fresh memory, cost more in page faults and copies than its socket write (a third of a
+    C-GET sub-operation's time here). Every block of a message is written before the next
+    is built, so one buffer serves them all."""
+
+    def __init__(self) -> None:
+        self._memory = bytearray(0)
+
+    def at_least(self, size: int) -> memoryview:
+        if len(self._memory) < size:
+            self._memory = bytearray(size)  # replaced, not resized: old views stay valid
+        return memoryview(self._memory)
+
+
+def buffer_of(assoc: Association) -> MessageBuffer:
+    buffer = getattr(assoc, "_store_message_buffer", None)
+    if buffer is None:
+        buffer = assoc._store_message_buffer = MessageBuffer()  # type: ignore[attr-defined]
+    return buffer
+
+
+def store_message_blocks(path: Path, context_id: int, command: bytes, max_pdu: int,
+                         buffer: MessageBuffer) -> Iterator[memoryview]:
+    """A C-STORE-RQ of the file's dataset bytes as stored: the command PDV, then the data in
+    fragments within the peer's maximum PDU length (0: no limit), one PDV per P-DATA-TF PDU
+    (PS3.8 9.3.5 and E.2), built straight into ``buffer`` up to MESSAGE_BLOCK bytes at a time
+    (the fragments read into their places with one preadv). Each view is valid until the
+    next is asked for. The first block is built when it is asked for, so a file that cannot
+    be read (OSError, or ValueError without a meta group length) fails before anything is
+    sent; one that gets shorter later raises OSError between blocks."""
+    with open(path, "rb", buffering=0) as fp:
+        start = dataset_offset(fp)
+        length = os.fstat(fp.fileno()).st_size - start
+        if length < 0:
+            raise OSError(f"{path} ends inside its File Meta Information")
+        chunk = max(max_pdu - 6, 1024) if max_pdu else MESSAGE_BLOCK
+        fragments = max(-(-length // chunk), 1)  # an empty dataset still gets its last PDV
+        per_block = max(1, min(MESSAGE_BLOCK // chunk, _MAX_FRAGMENTS))
+        view = buffer.at_least(_PDV_HEAD + len(command)
+                               + min(fragments, per_block) * (_PDV_HEAD + min(chunk, length)))
+        pos = _put_pdv(view, 0, context_id, 0x03, command)
+        index, placed = 0, 0
+        while True:
+            slots, first_byte = [], start + placed
+            for index in range(index, min(index + per_block, fragments)):
+                size = min(chunk, length - placed)
+                pos = _pdv_head(view, pos, context_id, 0x02 if index == fragments - 1 else 0x00, size)
+                slots.append(view[pos:pos + size])
+                pos, placed = pos + size, placed + size
+            index += 1
+            if _read_into(fp, slots, first_byte) != sum(map(len, slots)):
+                raise OSError(f"{path} got shorter while it was being sent")
+            yield view[:pos]
+            if index >= fragments:
+                return
+            pos = 0
+
+
+def _pdv_head(view: memoryview, pos: int, context_id: int, control: int, size: int) -> int:
+    """The P-DATA-TF PDU and PDV item headers of a PDU holding one PDV of ``size`` bytes."""
+    struct.pack_into(">BBLLBB", view, pos, 0x04, 0, size + 6, size + 2, context_id, control)
+    return pos + _PDV_HEAD
+
+
+def _put_pdv(view: memoryview, pos: int, context_id: int, control: int, data: bytes) -> int:
+    pos = _pdv_head(view, pos, context_id, control, len(data))
+    view[pos:pos + len(data)] = data
+    return pos + len(data)
+
+
+def _read_into(fp: Any, slots: list[memoryview], offset: int) -> int:
+    if not slots:
+        return 0
+    if hasattr(os, "preadv"):
+        return os.preadv(fp.fileno(), slots, offset)
+    fp.seek(offset)
+    return sum(fp.readinto(slot) or 0 for slot in slots)
+
+
+def send_message(assoc: Association, send: Callable[[memoryview], None], blocks: Iterator[memoryview]) -> None:
+    """The blocks after the first: one that cannot be built leaves the peer with part of a
+    message, so the association is aborted (after whole PDUs: nothing is cut mid-PDU)."""
+    try:
+        for block in blocks:
+            send(block)
+    except OSError:
+        assoc.abort()
+        raise
 
 
 def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
@@ -92,10 +170,13 @@ def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_
     """One C-STORE of the file's dataset bytes; the response's status Dataset (empty when
     none came: the association is then aborted, as pynetdicom does). Raises OSError or
     ValueError when the file cannot be read, before anything was sent."""
-    pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size,
-                      originator)
+    command = store_command_set(sop_class_uid, sop_instance_uid, msg_id, originator)
+    blocks = store_message_blocks(path, context_id, command, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
+    first = next(blocks)
     pause_reactor(assoc)
-    _write(assoc, _framed(context_id, pdvs))
+    send = assoc.dul.socket.send  # a failed write ends the association (pynetdicom signals Evt17)
+    send(first)
+    send_message(assoc, send, blocks)
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
 
@@ -103,15 +184,16 @@ def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_
 def send_stored_file_in_reactor(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
                                 sop_instance_uid: str, msg_id: int) -> Dataset | None:
     """A C-GET sub-operation: the same C-STORE-RQ, from the reactor thread of an accepted
-    association whose DUL is scp.fastpath's, through its ``send_pdus_now`` (the lock every
-    P-DATA of that association takes, so messages keep their order; the whole message in
-    one write). None when that DUL is not there or will not send now, before anything was
-    sent (the caller goes through pynetdicom)."""
-    send_pdus = getattr(assoc.dul, "send_pdus_now", None)
-    if send_pdus is None or assoc.get_handlers(evt.EVT_DIMSE_SENT):
+    association whose DUL is scp.fastpath's, through its ``send_message_now`` (the lock every
+    P-DATA of that association takes, so messages keep their order). None when that DUL is
+    not there or will not send now, before anything was sent (the caller goes through
+    pynetdicom)."""
+    send_now = getattr(assoc.dul, "send_message_now", None)
+    if send_now is None or assoc.get_handlers(evt.EVT_DIMSE_SENT):
         return None
-    pdvs = store_pdvs(path, sop_class_uid, sop_instance_uid, msg_id, assoc.dimse.maximum_pdu_size)
-    if not send_pdus(_framed(context_id, pdvs)):
+    command = store_command_set(sop_class_uid, sop_instance_uid, msg_id)
+    blocks = store_message_blocks(path, context_id, command, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
+    if not send_now(blocks):
         return None  # nothing was sent
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
@@ -149,33 +231,6 @@ def pause_reactor(assoc: Association) -> None:
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused and assoc.is_established:
         time.sleep(0.0001)
-
-
-def _write(assoc: Association, parts: list[Any]) -> None:
-    """Framed PDUs (headers and fragments, see ``_framed``) in writes of about WRITE_SIZE,
-    each joined once; a failed write ends the association through pynetdicom
-    (AssociationSocket.send signals the state machine)."""
-    batch: list[Any] = []
-    size = 0
-    for part in parts:
-        batch.append(part)
-        size += len(part)
-        if size >= WRITE_SIZE:
-            assoc.dul.socket.send(memoryview(b"".join(batch)))  # a partial write re-sends a view, not a copy
-            batch, size = [], 0
-    if batch:
-        assoc.dul.socket.send(memoryview(b"".join(batch)))
-
-
-def _framed(context_id: int, pdvs: list[tuple[int, Any]]) -> list[Any]:
-    """Each PDV as a P-DATA-TF PDU holding it alone (PS3.8 9.3.5 and E.2): the PDU and PDV
-    headers, then the fragment itself (not copied: the writer joins the pieces once)."""
-    parts: list[Any] = []
-    for control, fragment in pdvs:
-        item_length = len(fragment) + 2
-        parts.append(struct.pack(">BBLLBB", 0x04, 0, item_length + 4, item_length, context_id, control))
-        parts.append(fragment)
-    return parts
 
 
 def command_us(element: int, value: int) -> bytes:

@@ -133,8 +133,25 @@ def batches(instances: Sequence[Sendable]) -> list[list[Sendable]]:
 
 def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> set[str]:
     """Transfer syntaxes accepted for the class with this side as the storage SCU."""
-    return {cx.transfer_syntax[0] for cx in assoc.accepted_contexts
-            if cx.abstract_syntax == sop_class_uid and cx.as_scu}
+    return set(storage_contexts(assoc).get(sop_class_uid, ()))
+
+
+def storage_contexts(assoc: Association) -> dict[str, dict[str, int]]:
+    """SOP class -> accepted transfer syntax -> the first context ID for it, with this side
+    as the storage SCU. Worked out once per negotiation: a C-GET asks for every
+    sub-operation, and getscu proposes over a hundred contexts (pynetdicom replaces its
+    whole ``_accepted_cx`` dict when it negotiates, which renews this)."""
+    accepted = getattr(assoc, "_accepted_cx", None)
+    cached = assoc.__dict__.get("_storage_contexts")
+    if cached is not None and accepted is not None and cached[0] is accepted and cached[1] == len(accepted):
+        return cached[2]
+    found: dict[str, dict[str, int]] = {}
+    for cx in assoc.accepted_contexts:
+        if cx.as_scu:
+            found.setdefault(cx.abstract_syntax, {}).setdefault(cx.transfer_syntax[0], cx.context_id)
+    if accepted is not None:
+        assoc.__dict__["_storage_contexts"] = (accepted, len(accepted), found)
+    return found
 
 
 def dataset_to_send(path: Path, stored_ts: str, accepted: set[str]) -> Dataset:
@@ -206,9 +223,7 @@ def send_file_directly(assoc: Association, path: Path, sop_class_uid: str, sop_i
     in_reactor = threading.current_thread() is assoc and not assoc.is_requestor
     if not direct_sending.enabled or not (in_reactor or can_send_directly(assoc)):
         return None
-    context_id = next((cx.context_id for cx in assoc.accepted_contexts
-                       if cx.abstract_syntax == sop_class_uid and cx.as_scu
-                       and cx.transfer_syntax[0] == transfer_syntax), None)
+    context_id = storage_contexts(assoc).get(sop_class_uid, {}).get(transfer_syntax)
     if context_id is None:
         return None
     try:

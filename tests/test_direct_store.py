@@ -4,6 +4,8 @@ live exchanges give the same results with it and through pynetdicom."""
 from __future__ import annotations
 
 import io
+import os
+import struct
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
+import scu.direct_store as direct_store
 import scu.store as store
 from scu.association import Remote, associate, client_ae
 from scu.direct_store import dataset_offset, store_command_set
@@ -144,3 +147,61 @@ def test_move_originator_is_sent(direct: bool, recorder, store_with) -> None:
     assert result.status == 0x0000
     assert scp.requests[0]["originator"] == ("MOVER", 513)
     assert scp.requests[0]["data"] == dataset_bytes(part10(ds))
+
+
+def _pdus(blocks: list[bytes]) -> list[tuple[int, int, bytes]]:
+    """(context ID, control header, fragment) of each P-DATA-TF PDU, each PDU checked to hold
+    exactly one PDV and to end inside its block."""
+    found = []
+    for block in blocks:
+        pos = 0
+        while pos < len(block):
+            kind, _, length, item, context, control = struct.unpack_from(">BBLLBB", block, pos)
+            assert kind == 0x04 and item == length - 4 and pos + 6 + length <= len(block)
+            found.append((context, control, bytes(block[pos + 12:pos + 6 + length])))
+            pos += 6 + length
+    return found
+
+
+@pytest.mark.parametrize("max_pdu", [0, 1030, 16384, 1 << 20])
+@pytest.mark.parametrize("block", [4 << 20, 5000])
+def test_message_blocks_frame_the_dataset_as_stored(tmp_path: Path, max_pdu: int, block: int,
+                                                     monkeypatch) -> None:
+    monkeypatch.setattr(direct_store, "MESSAGE_BLOCK", block)
+    buffer = direct_store.MessageBuffer()
+    for rows in (64, 1, 3):  # the buffer reused by smaller and larger messages
+        data = part10(make_dataset(rows=rows, columns=rows))
+        path = tmp_path / f"{rows}.dcm"
+        path.write_bytes(data)
+        blocks = [bytes(b) for b in direct_store.store_message_blocks(path, 5, b"COMMAND!", max_pdu, buffer)]
+        assert all(len(b) <= max(block, max_pdu) + 64 for b in blocks)
+        pdus = _pdus(blocks)
+        assert pdus[0] == (5, 0x03, b"COMMAND!")
+        assert all(context == 5 for context, _, _ in pdus)
+        assert [control for _, control, _ in pdus[1:]] == [0x00] * (len(pdus) - 2) + [0x02]
+        assert all(len(fragment) <= max_pdu - 6 for _, _, fragment in pdus[1:]) or not max_pdu
+        assert b"".join(fragment for _, _, fragment in pdus[1:]) == dataset_bytes(data)
+
+
+def test_message_of_an_empty_dataset_has_its_last_pdv(tmp_path: Path) -> None:
+    path = tmp_path / "meta-only.dcm"
+    data = part10(make_dataset())
+    path.write_bytes(data[:dataset_offset(io.BytesIO(data))])
+    blocks = list(direct_store.store_message_blocks(path, 1, b"CMD!", 16384, direct_store.MessageBuffer()))
+    assert _pdus(blocks) == [(1, 0x03, b"CMD!"), (1, 0x02, b"")]
+
+
+def test_a_file_cut_between_blocks_raises_before_a_short_block(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(direct_store, "MESSAGE_BLOCK", 4096)
+    path = tmp_path / "big.dcm"
+    path.write_bytes(part10(make_dataset(rows=64, columns=64)))
+    blocks = direct_store.store_message_blocks(path, 1, b"CMD!", 1030, direct_store.MessageBuffer())
+    first = bytes(next(blocks))
+    assert _pdus([first])[0] == (1, 0x03, b"CMD!")
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(OSError, match="got shorter"):
+        for _ in blocks:
+            pass
+    with pytest.raises(ValueError):  # no meta group length: the caller goes through pynetdicom
+        path.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x01\x00OB\0\0")
+        next(direct_store.store_message_blocks(path, 1, b"CMD!", 1030, direct_store.MessageBuffer()))

@@ -211,6 +211,37 @@ def test_get_cancel_between_sub_operations(move_setup) -> None:
     assert final.NumberOfRemainingSuboperations == 12 - len(received)
 
 
+def test_each_retrieve_logs_one_summary_with_each_failure(move_setup, caplog) -> None:
+    node, _ = move_setup
+    a = load_series(node, 3)
+    answers = iter([0x0000, 0xA700, 0xB000, 0x0000, 0x0000, 0x0000])
+
+    def on_store(event) -> int:  # noqa: ANN001
+        return next(answers)
+
+    assoc = _get_association(node, on_store)
+    identifier = _identifier("STUDY", StudyInstanceUID=str(a[0].StudyInstanceUID))
+    with caplog.at_level(logging.INFO, logger="scp.retrieve"):
+        try:  # two C-GETs on one association: each its own counts
+            first = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+            second = list(assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet))
+        finally:
+            assoc.release()
+        move = _scu(StudyRootQueryRetrieveInformationModelMove).associate(
+            "127.0.0.1", node.dimse_address[1], ae_title="PACSNODE")
+        try:
+            moved = list(move.send_c_move(identifier, "STORESCP", StudyRootQueryRetrieveInformationModelMove))
+        finally:
+            move.release()
+    assert (first[-1][0].Status, second[-1][0].Status, moved[-1][0].Status) == (0xB000, 0x0000, 0x0000)
+    lines = [r.getMessage() for r in caplog.records if r.name == "scp.retrieve"]
+    assert [line for line in lines if "failed:" in line] == [
+        f"C-STORE sub-operation of {a[1].SOPInstanceUID} to QRSCU failed: status 0xA700"]
+    assert "C-GET from QRSCU: 1 of 3 sub-operation(s) completed, 1 with a warning, 1 failed" in lines
+    assert "C-GET from QRSCU: 3 of 3 sub-operation(s) completed, 0 with a warning, 0 failed" in lines
+    assert "C-MOVE from QRSCU to STORESCP: 3 of 3 sub-operation(s) completed, 0 with a warning, 0 failed" in lines
+
+
 def test_get_decompresses_for_a_requestor_taking_explicit_only(move_setup) -> None:
     node, _ = move_setup
     a = load_series(node, 2, syntax=RLELossless)

@@ -37,6 +37,7 @@ from node.passwords import burn_verification_time, verify_password
 ALGORITHM = "HS256"
 SECRET_FILE = "jwt-secret"
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti"]
+VERIFIED_CACHE = 4096  # access tokens remembered as verified (a client sends its token with every request)
 
 
 class AuthError(Exception):
@@ -126,6 +127,7 @@ class TokenService:
         self.settings = settings
         self._secret = secret
         self._clock = clock
+        self._verified: dict[str, Principal] = {}
 
     @property
     def access_lifetime(self) -> int:
@@ -139,7 +141,21 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify_access(self, token: str) -> Principal:
-        """The token's principal, or InvalidToken with the reason."""
+        """The token's principal, or InvalidToken with the reason.
+
+        A token that verified once is remembered until it expires: the checks are pure functions
+        of the token and the secret, except ``exp``, which is checked again on every use, and
+        they cost more than the rest of a small request."""
+        known = self._verified.get(token)
+        if known is not None and known.expires_at > time.time():  # PyJWT's own test, on its clock
+            return known
+        principal = self._decode_access(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            self._verified.clear()  # tokens are short-lived: starting again costs one decode each
+        self._verified[token] = principal
+        return principal
+
+    def _decode_access(self, token: str) -> Principal:
         try:
             claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM],
                                 audience=self.settings.audience, issuer=self.settings.issuer,

@@ -96,6 +96,18 @@ def test_expired_token_is_401(web):
     _assert_401(web.client.get(LISTING, headers=_bearer(token)), "expired")
 
 
+def test_a_token_accepted_before_is_refused_once_it_expires(web):
+    """Verified tokens are remembered; their expiry is still checked on every request."""
+    service = TokenService(web.settings.auth, load_or_create_secret(web.settings),
+                           clock=lambda: time.time() - 15 * 60 + 1.5)
+    token = service.issue_access("reader", "viewer")  # expires 1.5 s from now (to the second)
+    assert web.client.get(LISTING, headers=_bearer(token)).status_code == 200
+    assert web.client.get(LISTING, headers=_bearer(token)).status_code == 200
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    _assert_401(web.client.get(LISTING, headers=_bearer(token)), "expired")
+
+
 def test_token_without_expiry_is_401(web):
     secret = load_or_create_secret(web.settings)
     token = jwt.encode(_claims(web.settings, exp=None), secret, algorithm="HS256")

@@ -168,11 +168,11 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
 
 def _reset_schema_if_outdated(settings: Settings) -> None:
     """reindex is the way out of an old schema: drop the tables it will rebuild."""
-    from db.catalogue import CatalogueError, open_database
+    from db.catalogue import CatalogueError, close_database, open_database
     from db.models import ALL_MODELS, database
 
     try:
-        open_database(settings.database.url, settings.data_dir).close()
+        close_database(open_database(settings.database.url, settings.data_dir))
     except CatalogueError as exc:
         if "schema" not in str(exc):
             raise

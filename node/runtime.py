@@ -11,7 +11,7 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pynetdicom import _config as pynetdicom_config
 
-from db.catalogue import open_database
+from db.catalogue import close_database, open_database
 from db.forwarding import ForwardQueue
 from db.writer import CatalogueWriter
 from node.config import Settings
@@ -34,7 +34,7 @@ class Catalogue:
 
     def close(self) -> None:
         self.writer.stop()
-        self.db.close()
+        close_database(self.db)
 
 
 class Node:

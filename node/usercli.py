@@ -79,13 +79,14 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     from db.accounts import list_users
+    from db.catalogue import close_database
 
     db = _open(settings)
     try:
         with db.connection_context():
             users = list_users()
     finally:
-        db.close()
+        close_database(db)
     for user in users:
         state = "disabled" if user.disabled else "active"
         print(f"{user.username:<24} {user.role:<9} {state:<9} {user.created_at:%Y-%m-%d %H:%M}")
@@ -107,6 +108,8 @@ def _role(settings: Settings, args: argparse.Namespace) -> int:
 
 def _apply(settings: Settings, change: Callable[[], object], mistakes: type[Exception], done: str) -> int:
     """One account change on the catalogue; ``mistakes`` are the caller's (a line, exit 1)."""
+    from db.catalogue import close_database
+
     db = _open(settings)
     try:
         with db.connection_context():
@@ -115,6 +118,6 @@ def _apply(settings: Settings, change: Callable[[], object], mistakes: type[Exce
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        db.close()
+        close_database(db)
     print(done)
     return 0

@@ -156,8 +156,13 @@ def open_buffer(buffer: bytes | Any) -> io.BufferedIOBase:
 def read_header(part10: bytes | memoryview) -> InstanceHeader:
     """Parse a Part 10 byte string (preamble, meta, dataset) up to its pixel data.
 
+    A plain little endian file is scanned directly (node.headerscan), as a C-STORE's dataset
+    is; anything else, and anything the scan declines, is read by pydicom's ``dcmread``.
     Raises InvalidDataset for anything that cannot be stored and served safely.
     """
+    scanned = _scanned_header(part10)
+    if scanned is not None:
+        return scanned
     fp = open_buffer(part10)
     try:
         ds = dcmread(fp, stop_before_pixels=True)
@@ -172,6 +177,43 @@ def read_header(part10: bytes | memoryview) -> InstanceHeader:
     header = _finish(partial(_raw_value, ds), _character_sets(ds), ts, part10, pixel_pos, 0)
     source_ae = str(ds.file_meta.get("SourceApplicationEntityTitle", "") or "").strip()
     return dataclasses.replace(header, source_ae=source_ae or None)
+
+
+def _scanned_header(part10: bytes | memoryview) -> InstanceHeader | None:
+    """read_header's answer by the direct scan, or None where pydicom must read the file."""
+    meta = _scanned_file_meta(part10)
+    if meta is None:
+        return None
+    ts, source_ae, start = meta
+    uid = UID(ts)
+    if not uid.is_transfer_syntax or not uid.is_little_endian or ts == DeflatedExplicitVRLittleEndian:
+        return None
+    dataset = memoryview(part10)[start:]
+    scanned = scan_header(dataset, uid.is_implicit_VR, _WANTED_TAGS)
+    if scanned is None or scanned.count == 0:
+        return None
+    raw = scanned.values
+    header = _finish(raw.get, _charset_terms(raw.get(_CHARSET_TAG)), ts, dataset, scanned.stop, start)
+    return dataclasses.replace(header, source_ae=source_ae)
+
+
+def _scanned_file_meta(part10: bytes | memoryview) -> tuple[str, str | None, int] | None:
+    """(transfer syntax, source AE title, where the dataset starts) of a file meta group that
+    states its length (PS3.10 7.1) and holds exactly that many bytes of explicit VR elements;
+    None for anything else."""
+    if len(part10) < 144 or part10[128:132] != b"DICM":
+        return None
+    group, element, vr, size, meta_length = _META_GROUP_LENGTH.unpack_from(part10, 132)
+    start = 144 + meta_length
+    if (group, element, vr, size) != (2, 0, b"UL", 4) or start > len(part10) \
+            or bytes(part10[start:start + 2]) == b"\x02\x00":  # the group goes on past its length
+        return None
+    scanned = scan_header(memoryview(part10)[144:start], False, _META_TAGS)
+    if scanned is None or scanned.stop != meta_length:
+        return None
+    ts = scanned.values.get(_TRANSFER_SYNTAX_TAG, b"").rstrip(b"\x00 ").decode("latin-1")
+    source_ae = scanned.values.get(_SOURCE_AE_TAG, b"").decode("latin-1").strip(" \x00")
+    return (ts, source_ae or None, start) if ts else None
 
 
 def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
@@ -311,6 +353,10 @@ _TEXT_VRS = {"LO", "SH", "ST", "LT", "UC", "UT", "PN"}  # decoded with the datas
 _FIELD_TAGS = {name: (keyword_dict[keyword], dictionary_VR(keyword_dict[keyword]), kind)
                for name, (keyword, kind) in HEADER_FIELDS.items()}
 _CHARSET_TAG = keyword_dict["SpecificCharacterSet"]
+_TRANSFER_SYNTAX_TAG = keyword_dict["TransferSyntaxUID"]
+_SOURCE_AE_TAG = keyword_dict["SourceApplicationEntityTitle"]
+_META_TAGS = frozenset({_TRANSFER_SYNTAX_TAG, _SOURCE_AE_TAG})
+_META_GROUP_LENGTH = struct.Struct("<HH2sHL")  # (0002,0000) UL, explicit VR little endian
 _WANTED_TAGS = frozenset(tag for tag, _, _ in _FIELD_TAGS.values())
 
 

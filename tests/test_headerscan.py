@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -197,3 +198,65 @@ def test_pydicom_test_files_are_read_the_same_way(monkeypatch: pytest.MonkeyPatc
             scanned, parsed = both_ways(data, ts, monkeypatch)
         assert scanned == parsed, name
     assert scanned_count > len(datasets) * 0.8  # most are plain: the scan is what reads them
+
+
+def part10_both_ways(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """read_header's outcome with the scans, then with pydicom's dcmread alone."""
+    def outcome() -> tuple:
+        try:
+            return ("stored", dicomfile.read_header(data))
+        except InvalidDataset as exc:
+            return ("invalid", str(exc))
+
+    scanned = outcome()
+    with monkeypatch.context() as patch:
+        patch.setattr(dicomfile, "_scanned_header", lambda part10: None)
+        parsed = outcome()
+    return scanned, parsed
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_generated_files_are_scanned_as_dcmread_reads_them(case: str, transfer_syntax: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = CASES[case]()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.SourceApplicationEntityTitle = "CT_SCANNER"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert dicomfile._scanned_header(data) is not None
+    scanned, parsed = part10_both_ways(data, monkeypatch)
+    assert scanned[0] == "stored" and scanned[1].source_ae == "CT_SCANNER"
+    assert scanned == parsed
+
+
+def test_pydicom_test_files_are_read_whole_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole Part 10 files (meta included; big endian, deflated and broken ones too)."""
+    files = [path for path in sorted(Path(DATA_ROOT, "test_files").rglob("*"))
+             if path.is_file() and path.read_bytes()[128:132] == b"DICM"]
+    assert len(files) > 60
+    scanned_count = 0
+    for path in files:
+        data = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                scanned_count += dicomfile._scanned_header(data) is not None
+            except InvalidDataset:
+                scanned_count += 1  # scanned, and refused as pydicom's reading refuses it (below)
+            scanned, parsed = part10_both_ways(data, monkeypatch)
+        assert scanned == parsed, path.name
+    assert scanned_count > len(files) * 0.5
+
+
+def test_a_file_meta_group_longer_than_it_says_is_left_to_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = make_dataset()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = bytearray(buffer.getvalue())
+    (length,) = struct.unpack_from("<L", data, 140)
+    struct.pack_into("<L", data, 140, length - 26)  # ends before its last element(s)
+    assert dicomfile._scanned_header(bytes(data)) is None
+    scanned, parsed = part10_both_ways(bytes(data), monkeypatch)
+    assert scanned == parsed

@@ -27,13 +27,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from node.push_http import Api, CredentialsRefused, Refused, Transient, Unreachable, detail_of
+from node.push_http import (Api, CredentialsRefused, Refused, Reply, Transient, Unreachable, address_problem,
+                            detail_of)
 from node.push_queue import DONE, FAILED, QUEUED, SENDING, Item, Outbox
-
-if TYPE_CHECKING:
-    import httpx
 
 EX_TEMPFAIL = 75
 SESSIONS = "api/upload-sessions/"
@@ -148,11 +146,10 @@ class Delivery:
                     raise Refused(f"{response.status_code} {detail_of(response)}")
         return self._json(self.api.call("GET", f"{SESSIONS}{session['sessionId']}"), item)
 
-    def _json(self, response: "httpx.Response", item: Item) -> dict[str, Any]:
+    def _json(self, response: Reply, item: Item) -> dict[str, Any]:
         if response.status_code in (200, 201):
             return response.json()
-        raise Refused(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                      f"{detail_of(response)}")
+        raise Refused(f"{response.method} {response.path}: {response.status_code} {detail_of(response)}")
 
     def _fail(self, item: Item, reason: str) -> Item:
         return self.outbox.update(item, status=FAILED, last_error=reason)
@@ -262,29 +259,33 @@ def _credentials() -> tuple[str, str] | None:
 
 
 def push(args: argparse.Namespace) -> int:
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     if not args.paths and not args.sync:
         print("error: give files or folders to push, or --sync to send the outbox", file=sys.stderr)
         return 2
     from node.importer import collect_files
 
     server = args.server.rstrip("/")
+    if address_problem(server):
+        print(f"error: {address_problem(server)}", file=sys.stderr)
+        return 2
     summary = Summary()
     try:
         files = collect_files(args.paths) if args.paths else []
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dicom = [f for f in files if _is_dicom_file(f)]
-    summary.skipped = [str(f) for f in files if f not in set(dicom)]
+    dicom: list[Path] = []
+    for path in files:
+        if _is_dicom_file(path):
+            dicom.append(path)
+        else:
+            summary.skipped.append(str(path))
     outbox = Outbox(Path(args.outbox).expanduser())
     added: list[Item] = []
     try:
         earlier = outbox.pending(server)
         credentials = _credentials() if earlier or dicom else ("", "")
-        api = Api(server, *(credentials or ("", "")), connections=args.parallel + 1)
+        api = Api(server, *(credentials or ("", "")))
         try:
             problem = "" if not (earlier or dicom) else \
                 "no credentials" if credentials is None else _log_in(api, args.max_attempts, args.retry_delay)

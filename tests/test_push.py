@@ -288,43 +288,99 @@ def test_outbox_keeps_queued_copies_and_drops_unqueued_ones(tmp_path: Path) -> N
         reopened.close()
 
 
-def test_api_renews_an_expired_token_and_waits_out_rate_limits() -> None:
-    import httpx
+@contextmanager
+def _fake_node(answer, *, close_after_each: bool = False) -> Iterator[str]:
+    """A small HTTP/1.1 server on a free port: ``answer(method, path, authorization)`` gives
+    (status, headers, JSON body). ``close_after_each`` drops every connection after its answer
+    without saying so, as a server does to a keep-alive connection it finds idle."""
+    import http.server
+    import threading
 
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, headers, body = answer(self.command, self.path, self.headers.get("Authorization", ""))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for name, value in {**headers, "Content-Type": "application/json",
+                                "Content-Length": str(len(data))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = close_after_each
+
+        do_GET = do_POST = do_PATCH = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/node"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_api_renews_an_expired_token_and_waits_out_rate_limits() -> None:
     from node.push_http import Api, CredentialsRefused
 
     seen: list[tuple[str, str]] = []
     answers = {"limited": 2}
 
-    def server(request: httpx.Request) -> httpx.Response:
-        auth = request.headers.get("authorization", "")
-        seen.append((request.url.path, auth))
-        if request.url.path == "/api/token/":
-            return httpx.Response(200, json={"access": "a1", "refresh": "r1"})
-        if request.url.path == "/api/token/refresh/":
-            return httpx.Response(200, json={"access": "a2", "refresh": "r2"})
+    def node(method: str, path: str, auth: str):
+        seen.append((path, auth))
+        if path == "/node/api/token/":
+            return 200, {}, {"access": "a1", "refresh": "r1"}
+        if path == "/node/api/token/refresh/":
+            return 200, {}, {"access": "a2", "refresh": "r2"}
         if auth != "Bearer a2":
-            return httpx.Response(401, json={"detail": "expired"})
+            return 401, {}, {"detail": "expired"}
         if answers["limited"]:
             answers["limited"] -= 1
-            return httpx.Response(429, headers={"Retry-After": "0"}, json={"detail": "slow down"})
-        return httpx.Response(200, json={"ok": True})
+            return 429, {"Retry-After": "0"}, {"detail": "slow down"}
+        return 200, {}, {"ok": True}
 
-    api = Api("http://node", "sender", "pw", connections=2, transport=httpx.MockTransport(server))
-    try:
-        api.login()
-        assert api.call("GET", "api/upload-sessions/").json() == {"ok": True}
-    finally:
-        api.close()
-    assert [path for path, _ in seen] == ["/api/token/", "/api/upload-sessions/", "/api/token/refresh/",
-                                          *["/api/upload-sessions/"] * 3]
-
-    def refusing(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401, json={"detail": "no such user"})
-
-    api = Api("http://node", "sender", "wrong", connections=1, transport=httpx.MockTransport(refusing))
-    try:
-        with pytest.raises(CredentialsRefused):
+    with _fake_node(node) as base:
+        api = Api(base, "sender", "pw")
+        try:
             api.login()
+            assert api.call("GET", "api/upload-sessions/").json() == {"ok": True}
+        finally:
+            api.close()
+    assert [path for path, _ in seen] == ["/node/api/token/", "/node/api/upload-sessions/", "/node/api/token/refresh/",
+                                          *["/node/api/upload-sessions/"] * 3]
+
+    with _fake_node(lambda method, path, auth: (401, {}, {"detail": "no such user"})) as base:
+        api = Api(base, "sender", "wrong")
+        try:
+            with pytest.raises(CredentialsRefused, match="no such user"):
+                api.login()
+        finally:
+            api.close()
+
+
+def test_api_sends_again_on_a_new_connection_when_the_server_dropped_the_idle_one() -> None:
+    from node.push_http import Api, Unreachable
+
+    def node(method: str, path: str, auth: str):
+        return (200, {}, {"access": "a", "refresh": "r"}) if path.endswith("/token/") else (200, {}, {"path": path})
+
+    with _fake_node(node, close_after_each=True) as base:
+        api = Api(base, "sender", "pw")
+        try:
+            api.login()
+            for n in range(3):  # each one finds the connection of the one before closed
+                assert api.call("GET", f"api/upload-sessions/{n}").json() == {"path": f"/node/api/upload-sessions/{n}"}
+        finally:
+            api.close()
+    api = Api(base, "sender", "pw")  # the server is gone now
+    try:
+        with pytest.raises(Unreachable):
+            api.call("GET", "api/upload-sessions/")
     finally:
         api.close()

@@ -1,4 +1,8 @@
-"""Import files, folder trees and DICOMDIR media (USB sticks, CDs) through the ingest path."""
+"""Import files, folder trees and DICOMDIR media (USB sticks, CDs) through the ingest path.
+
+``collect_files`` also serves ``push``, which reads no DICOM itself: pydicom and the ingest
+path are imported only where they are used (they are most of a push's start-up otherwise).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-from pydicom import dcmread
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from node.errors import DuplicateInstance, IngestError, InvalidDataset
-from node.ingest import Ingestor
+
+if TYPE_CHECKING:
+    from node.ingest import Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ def _walk(folder: Path) -> Iterator[Path]:
 def dicomdir_files(dicomdir: Path) -> list[Path] | None:
     """Files referenced by a DICOMDIR (PS3.10 8.6), found even on media whose case differs;
     None when the DICOMDIR cannot be read (the caller then walks its folder)."""
+    from pydicom import dcmread
+
     try:
         ds = dcmread(dicomdir, force=True)
         records = ds.DirectoryRecordSequence

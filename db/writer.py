@@ -126,8 +126,10 @@ class CatalogueWriter:
         return [(sop_uid, path) for _, sop_uid, path in bad]
 
     def run(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` (catalogue writes of another part, such as forwarding) in this thread,
-        in a transaction of its own between two batches, and return its result.
+        """Run ``work`` (catalogue writes of another part: upload session steps, forwarding,
+        deletions) in this thread and return its result once it is committed. The calls
+        queued together share one transaction, each in a savepoint of its own, so a burst of
+        small writes costs one commit (a commit that fails fails all of them).
 
         On SQLite a second connection that writes makes this thread's batches fail with
         "database is locked" (a read snapshot that another commit made stale cannot become a
@@ -136,7 +138,8 @@ class CatalogueWriter:
         return self._call(work)
 
     def _call(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` in the writer thread inside its own transaction; wait for the commit."""
+        """Run ``work`` in the writer thread inside a savepoint of the next call transaction;
+        wait for the commit."""
         if not self._started:
             raise RuntimeError("the catalogue writer is not running")
         future: Future = Future()
@@ -149,12 +152,9 @@ class CatalogueWriter:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                if len(item) == 2:
-                    self._run_call(*item)
-                    continue
-                batch = [item]
+                drained = [item]
                 stop = False
-                while len(batch) < self.max_batch:
+                while len(drained) < self.max_batch:
                     try:
                         more = self._queue.get_nowait()
                     except queue.Empty:
@@ -162,14 +162,15 @@ class CatalogueWriter:
                     if more is _STOP:
                         stop = True
                         break
-                    if len(more) == 2:  # keep the order: commit what came before it first
-                        self._commit(batch)
-                        batch = []
-                        self._run_call(*more)
-                        continue
-                    batch.append(more)
-                if batch:
-                    self._commit(batch)
+                    drained.append(more)
+                # Everything drained here was queued by callers still waiting for it, so any
+                # order is one they may see: the rows (C-STOREs waiting) first, then the calls.
+                rows = [entry for entry in drained if len(entry) == 4]
+                calls = [entry for entry in drained if len(entry) == 2]
+                if rows:
+                    self._commit(rows)
+                if calls:
+                    self._run_calls(calls)
                 if stop:
                     return
 
@@ -186,15 +187,27 @@ class CatalogueWriter:
             return self.db.atomic(lock_type="IMMEDIATE")
         return self.db.atomic()
 
-    def _run_call(self, work: Callable[[], Any], future: Future) -> None:
+    def _run_calls(self, calls: list[tuple[Callable[[], Any], Future]]) -> None:
+        """The queued calls in one transaction (one commit, one fsync of the WAL), each in a
+        savepoint of its own: one that raises is rolled back alone and hears its exception."""
+        outcomes: list[tuple[bool, Any]] = []
         try:
             with self._transaction():
-                result = work()
-        except Exception as exc:  # noqa: BLE001 - handed to the caller
-            self.cache.clear()
-            future.set_exception(exc)
-            return
-        future.set_result(result)
+                for work, _ in calls:
+                    try:
+                        with self.db.atomic():  # nested: a savepoint
+                            outcomes.append((True, work()))
+                    except Exception as exc:  # noqa: BLE001 - handed to the caller
+                        outcomes.append((False, exc))
+        except Exception as exc:  # noqa: BLE001 - the commit failed: every caller hears it
+            outcomes = [(False, exc)] * len(calls)
+        if not all(ok for ok, _ in outcomes):
+            self.cache.clear()  # a rolled-back write may have removed rows the cache names
+        for (_, future), (ok, value) in zip(calls, outcomes):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _commit(self, batch: list, fresh: bool = False) -> None:
         """``fresh``: the hierarchy cache was emptied for this attempt (no retry on failure)."""

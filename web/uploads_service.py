@@ -23,7 +23,6 @@ from db.accounts import utcnow
 from db.models import database
 from node.config import UploadSettings
 from node.errors import DuplicateInstance, IngestError, InvalidDataset, StorageFull
-from web.uploads_commit import GroupWriter
 from web.uploads_parts import Part, PartFiles
 from web.uploads_types import (  # noqa: F401 - re-exported: the service's vocabulary
     BeyondSize,
@@ -63,7 +62,7 @@ class UploadSessions:
         self.ingestor = ingestor  # node.ingest.Ingestor
         self.now = clock
         writer = getattr(ingestor, "writer", None)
-        self._group = GroupWriter(writer.run) if writer is not None else None
+        self._run_in_writer = writer.run if writer is not None else None
 
     # --- the JSON resource ------------------------------------------------------------------
 
@@ -315,7 +314,7 @@ class UploadSessions:
                 raise SessionNotFound(f"no upload session {session_id}")
             return None if self._due(record, self.now()) else step(record)
 
-        result = self._group.write(read_and_step) if self._group is not None else None
+        result = self._run_in_writer(read_and_step) if self._run_in_writer is not None else None
         if result is not None:
             return result
         with database.connection_context():
@@ -345,9 +344,10 @@ class UploadSessions:
                                     exc.current.status) from None
 
     def _write(self, work: Callable[[], Any]) -> Any:
-        """Catalogue writes go through the ingest path's writer thread when there is one, in
-        group commits (web.uploads_commit); a read-only server writes directly."""
-        return self._group.write(work) if self._group is not None else work()
+        """Catalogue writes go through the ingest path's writer thread when there is one
+        (steps arriving together share its commit, db.writer), a read-only server writes
+        directly."""
+        return self._run_in_writer(work) if self._run_in_writer is not None else work()
 
     def _check_accepts(self, record: db.SessionRecord, offset: int, length: int) -> None:
         if record.status == db.EXPIRED:

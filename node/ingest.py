@@ -84,20 +84,24 @@ class Ingestor:
             )
         return self._store(header, (meta, dataset), source_ae)
 
-    def ingest_part10(self, data: bytes, source_ae: str | None = None) -> IngestOutcome:
-        """Store a file's bytes (import, HTTP upload); a bare dataset gets a meta header."""
+    def ingest_part10(self, data: bytes, source_ae: str | None = None,
+                      sha256: str | None = None) -> IngestOutcome:
+        """Store a file's bytes (import, HTTP upload); a bare dataset gets a meta header.
+        ``sha256``: the bytes' digest, when the caller has just computed it (an upload checks
+        it against the declared one) and the file is stored as it is."""
         if len(data) >= 132 and data[128:132] == b"DICM":
-            return self._store(read_header(data), (data,), source_ae)
+            return self._store(read_header(data), (data,), source_ae, sha256)
         sop_class, sop_instance, ts = _identify_bare_dataset(data)
         return self.ingest_received(data, ts, sop_class, sop_instance, source_ae)
 
-    def _store(self, header: InstanceHeader, chunks: tuple[Buffer, ...], source_ae: str | None) -> IngestOutcome:
-        digest = hashlib.sha256()
-        size = 0
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-        sha256 = digest.hexdigest()
+    def _store(self, header: InstanceHeader, chunks: tuple[Buffer, ...], source_ae: str | None,
+               sha256: str | None = None) -> IngestOutcome:
+        size = sum(len(chunk) for chunk in chunks)
+        if sha256 is None:
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                digest.update(chunk)
+            sha256 = digest.hexdigest()
         relative = self.storage.relative_path_for(header.sop_instance_uid, sha256, header.series_uid)
         record = instance_record(header, relative, size, sha256, source_ae)
         replace = self.duplicate_policy == "overwrite"

@@ -190,6 +190,21 @@ def test_chunks_with_checksums_end_in_a_stored_instance(up: Uploads, dicom: byte
     stored = up.world.get(f"/api/pacs/instances/{uid}/file", user="boss", headers=up.headers("boss", "admin"))
     assert stored.status_code == 200 and stored.content == dicom
     assert not up.world.settings.data_dir.joinpath("uploads", f"{session['sessionId']}.part").exists()
+    assert _catalogued_sha256(uid) == hashlib.sha256(dicom).hexdigest()
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "sha1", None])
+def test_one_patch_file_is_catalogued_with_its_sha256(up: Uploads, dicom: bytes, checksum: str | None) -> None:
+    session = up.ready(dicom)
+    assert up.patch(session, 0, dicom, checksum=checksum).headers["upload-session-status"] == "SYNCED"
+    assert _catalogued_sha256(_sop_uid(dicom)) == hashlib.sha256(dicom).hexdigest()
+
+
+def _catalogued_sha256(sop_uid: str) -> str:
+    from db.models import Instance, database
+
+    with database.connection_context():
+        return Instance.get(Instance.sop_instance_uid == sop_uid).sha256
 
 
 def test_refused_chunks_change_nothing(up: Uploads, dicom: bytes) -> None:

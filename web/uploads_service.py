@@ -204,7 +204,7 @@ class UploadSessions:
                 return self._fail(record, caller, offset, CHECKSUM_MISMATCH,
                                   "the received bytes do not have the declared SHA-256")
             try:
-                outcome = self._ingestor().ingest_part10(data)
+                outcome = self._ingestor().ingest_part10(data, sha256=digest)
             except (InvalidDataset, DuplicateInstance) as exc:
                 code = INVALID_DICOM if isinstance(exc, InvalidDataset) else DUPLICATE_INSTANCE
                 part.write_at(offset, chunk)  # sound bytes are kept (durably) for a retry

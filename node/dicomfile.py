@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from node.errors import InvalidDataset
-from node.headerscan import scan_header
+from node.headerscan import ScannedHeader, scan_header
 
 IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1583.1"  # node-local, under a UID prefix for test tools
 IMPLEMENTATION_VERSION = "PACSNODE_1"
@@ -191,10 +191,8 @@ def _scanned_header(part10: bytes | memoryview) -> InstanceHeader | None:
     dataset = memoryview(part10)[start:]
     scanned = scan_header(dataset, uid.is_implicit_VR, _WANTED_TAGS)
     if scanned is None or scanned.count == 0:
-        return None
-    raw = scanned.values
-    header = _finish(raw.get, _charset_terms(raw.get(_CHARSET_TAG)), ts, dataset, scanned.stop, start)
-    return dataclasses.replace(header, source_ae=source_ae)
+        return None  # dcmread says what is wrong with an empty one
+    return dataclasses.replace(_from_scan(scanned, ts, dataset, start), source_ae=source_ae)
 
 
 def _scanned_file_meta(part10: bytes | memoryview) -> tuple[str, str | None, int] | None:
@@ -232,9 +230,7 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
         if scanned is not None:
             if scanned.count == 0:
                 raise InvalidDataset("the dataset is empty")
-            raw = scanned.values
-            return _finish(raw.get, _charset_terms(raw.get(_CHARSET_TAG)), transfer_syntax, dataset,
-                           scanned.stop, file_offset)
+            return _from_scan(scanned, transfer_syntax, dataset, file_offset)
     fp = open_buffer(dataset)
     try:
         ds = read_dataset(fp, uid.is_implicit_VR, uid.is_little_endian, stop_when=_at_pixel_data)
@@ -247,6 +243,11 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
         raise InvalidDataset("the dataset is empty")
     return _finish(partial(_raw_value, ds), _character_sets(ds), transfer_syntax, dataset, pixel_pos,
                    file_offset)
+
+
+def _from_scan(scanned: ScannedHeader, ts: str, dataset: bytes | memoryview, file_offset: int) -> InstanceHeader:
+    raw = scanned.values
+    return _finish(raw.get, _charset_terms(raw.get(_CHARSET_TAG)), ts, dataset, scanned.stop, file_offset)
 
 
 def _finish(raw_of: RawLookup, charsets: list[str] | None, ts: str, data: bytes | memoryview,

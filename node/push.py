@@ -265,8 +265,9 @@ def push(args: argparse.Namespace) -> int:
     from node.importer import collect_files
 
     server = args.server.rstrip("/")
-    if address_problem(server):
-        print(f"error: {address_problem(server)}", file=sys.stderr)
+    bad_address = address_problem(server)
+    if bad_address:
+        print(f"error: {bad_address}", file=sys.stderr)
         return 2
     summary = Summary()
     try:

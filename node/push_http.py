@@ -141,7 +141,7 @@ class Api:
                 body = answer.read()
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                if reused and not fresh and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
+                if reused and isinstance(exc, (ConnectionError, http.client.RemoteDisconnected)):
                     continue
                 raise Unreachable(f"{self.server}: {exc or type(exc).__name__}") from None
             if answer.will_close:

@@ -95,6 +95,8 @@ class FileSender:
             raise RuntimeError("Response content longer than Content-Length")
         if cycle.flow.write_paused:
             await cycle.flow.drain()
+        if cycle.transport.is_closing():  # a failed write closed it; connection_lost is a turn away
+            cycle.disconnected = True
         return not cycle.disconnected
 
     def _cut(self, transport: asyncio.BaseTransport) -> None:

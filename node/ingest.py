@@ -140,26 +140,24 @@ class Ingestor:
 
     def _store_overlapped(self, record: InstanceRecord,
                           chunks: tuple[Buffer, ...]) -> tuple[IndexResult, bool]:
-        """The file's fsync, its folder's fsync and the catalogue commit at the same time.
+        """The file's fsync and its folder's while the catalogue commits.
 
         The file gets its final name (fully written) before the row is committed, so a
         process crash never leaves a row without its file; a power loss before all three
         are done can, and the writer's start-up ``recover`` deletes such rows (never
-        acknowledged: the caller hears "stored" only after all three).
+        acknowledged: the caller hears "stored" only after all three). The folder's fsync
+        follows the file's in this thread: the file's journal commit carries the new name
+        already, so it is short, and a helper thread to overlap it cost more than it saved.
         """
         placed = self.storage.place(record.path, chunks)
         try:
             pending = self.writer.submit(record, settle_later=True)
-            folder_synced = self.storage.sync_folder_soon(placed)
             failure: OSError | None = None
             try:
                 self.storage.sync_file(placed)
+                self.storage.sync_folder(placed)
             except OSError as exc:
                 failure = exc
-            try:
-                folder_synced.result()
-            except OSError as exc:
-                failure = failure or exc
             try:
                 result = pending.result()
             except Exception as exc:  # noqa: BLE001 - the catalogue failed: keep no unreferenced file

@@ -19,7 +19,6 @@ import hashlib
 import os
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -48,8 +47,6 @@ class Storage:
         self.temp = data_dir / TEMP_DIR
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
 
     def prepare(self) -> int:
         """Create the folders and delete temp leftovers of an earlier crash; returns how many."""
@@ -131,14 +128,6 @@ class Storage:
 
     def sync_folder(self, placed: Placed) -> None:
         fsync_dir(placed.folder)
-
-    def sync_folder_soon(self, placed: Placed) -> Future:
-        """sync_folder on a helper thread, so it overlaps the file's fsync and the commit."""
-        if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
-        return self._pool.submit(fsync_dir, placed.folder)
 
     def release(self, placed: Placed) -> None:
         if placed.fd >= 0:

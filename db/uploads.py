@@ -12,6 +12,7 @@ nothing here knows about HTTP or tus (shared/STYLE.md, 1).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -153,18 +154,19 @@ def create_session(*, session_id: str, owner: str, file_name: str, size: int, sh
                   status=QUEUED, upload_offset=0, server_image_id=None, error_code=None,
                   error_message=None, retry_count=0, created_at=now, updated_at=now, expires_at=expires_at)
     fields = [f for f in _FIELDS if f.name != "id"]
-    try:
-        with database.atomic():
-            database.execute_sql(
-                f"INSERT INTO {_q(_SESSIONS)} ({', '.join(_q(f.column_name) for f in fields)}) "
-                f"VALUES ({', '.join([database.param] * len(fields))})",
-                [f.db_value(values[f.name]) for f in fields])
-            _insert_events(session_id, now, owner, [(None, QUEUED)], "session created")
-    except IntegrityError:
-        existing = _fetch("dedupe_key", key)
-        if existing is None:  # pragma: no cover - a session id collision (uuid4): never in practice
-            raise
-        return existing[1], False
+    with _atomic():
+        # ON CONFLICT rather than catching IntegrityError: on PostgreSQL a failed statement
+        # aborts the whole transaction, and a savepoint around it costs two more statements
+        cursor = database.execute_sql(
+            f"INSERT INTO {_q(_SESSIONS)} ({', '.join(_q(f.column_name) for f in fields)}) "
+            f"VALUES ({', '.join([database.param] * len(fields))}) ON CONFLICT DO NOTHING",
+            [f.db_value(values[f.name]) for f in fields])
+        if cursor.rowcount != 1:
+            existing = _fetch("dedupe_key", key)
+            if existing is None:  # pragma: no cover - a session id collision (uuid4): never in practice
+                raise IntegrityError(f"upload session {session_id} exists already")
+            return existing[1], False
+        _insert_events(session_id, now, owner, [(None, QUEUED)], "session created")
     return _record({**values, "metadata": metadata}), True
 
 
@@ -173,21 +175,34 @@ def get_session(session_id: str) -> SessionRecord | None:
     return found[1] if found else None
 
 
-def move(session_id: str, *, expect: Iterable[str], steps: tuple[str, ...], username: str,
+def move(current: SessionRecord, *, expect: Iterable[str], steps: tuple[str, ...], username: str,
          detail: str | None, now: dt.datetime, expect_offset: int | None = None,
          **changes: Any) -> SessionRecord:
     """Apply ``changes`` if the session is in one of ``expect`` (and at ``expect_offset``),
     recording one event per status in ``steps`` (each a valid transition from the last).
 
+    ``current`` is the session as the caller read it (in the writer's transaction: as it is);
+    the UPDATE is conditional on its status and offset, and a session that moved meanwhile is
+    read again once, so a stale ``current`` costs a read, never a wrong move.
     Raises StaleSession with the current row when the condition does not hold.
     """
     expect = tuple(expect)
-    found = _fetch("session_id", session_id)
-    if found is None:
-        raise NoSuchSession(session_id)
-    row_id, current = found
-    if current.status not in expect or (expect_offset is not None and current.upload_offset != expect_offset):
-        raise StaleSession(current)
+    for attempt in range(2):
+        if current.status not in expect or (expect_offset is not None and current.upload_offset != expect_offset):
+            raise StaleSession(current)
+        moved = _move_from(current, steps, username, detail, now, changes)
+        if moved is not None:
+            return moved
+        latest = _fetch("session_id", current.session_id)
+        if latest is None:
+            raise NoSuchSession(current.session_id)
+        current = latest[1]
+    raise StaleSession(current)
+
+
+def _move_from(current: SessionRecord, steps: tuple[str, ...], username: str, detail: str | None,
+               now: dt.datetime, changes: dict[str, Any]) -> SessionRecord | None:
+    """The move from ``current``, or None when the row is no longer in its status and offset."""
     previous = current.status
     for step in steps:
         if step not in TRANSITIONS[previous]:
@@ -200,18 +215,17 @@ def move(session_id: str, *, expect: Iterable[str], steps: tuple[str, ...], user
     fields = [_BY_NAME[name] for name in stored]
     p = database.param
     # The write comes first in the transaction (SQLite: no read lock to upgrade), conditional
-    # on the status and offset just read: a request that changed them meanwhile wins.
-    with database.atomic():
+    # on the status and offset read: a request that changed them meanwhile wins.
+    with _atomic():
         cursor = database.execute_sql(
             f"UPDATE {_q(_SESSIONS)} SET {', '.join(f'{_q(f.column_name)} = {p}' for f in fields)} "
-            f"WHERE {_q('id')} = {p} AND {_q('status')} = {p} AND {_q('upload_offset')} = {p}",
-            [f.db_value(stored[f.name]) for f in fields] + [row_id, current.status, current.upload_offset])
+            f"WHERE {_q('session_id')} = {p} AND {_q('status')} = {p} AND {_q('upload_offset')} = {p}",
+            [f.db_value(stored[f.name]) for f in fields] + [current.session_id, current.status,
+                                                              current.upload_offset])
         if cursor.rowcount != 1:
-            latest = _fetch("id", row_id)
-            assert latest is not None  # sessions are never deleted
-            raise StaleSession(latest[1])
+            return None
         chain = list(zip((current.status,) + steps[:-1], steps))
-        _insert_events(session_id, now, username, chain, detail)
+        _insert_events(current.session_id, now, username, chain, detail)
     values.pop("dedupe_key", None)
     return dataclasses.replace(current, **values)
 
@@ -296,6 +310,12 @@ def _fetch(column: str, value: Any) -> tuple[int, SessionRecord] | None:
     values = {f.name: f.python_value(v) for f, v in zip(_FIELDS, row)}
     return values["id"], _record({**values, "metadata": json.loads(values["metadata"]) if values["metadata"]
                                   else None})
+
+
+def _atomic() -> Any:
+    """A transaction of its own, unless the caller has one open: the catalogue writer runs
+    each call in a savepoint already, and a second one costs two statements more."""
+    return contextlib.nullcontext() if database.in_transaction() else database.atomic()
 
 
 def _insert_events(session_id: str, now: dt.datetime, username: str,

@@ -277,7 +277,7 @@ class UploadSessions:
             freed = part.size
             try:
                 record = self._write(lambda: db.move(
-                    record.session_id, expect=(record.status,), steps=(db.EXPIRED,), username=SYSTEM_USER,
+                    record, expect=(record.status,), steps=(db.EXPIRED,), username=SYSTEM_USER,
                     now=now, expect_offset=record.upload_offset,
                     detail=f"no bytes for {self.limits.expire_after_seconds} s; {freed} bytes freed",
                     dedupe_key=None, expires_at=None))
@@ -325,7 +325,7 @@ class UploadSessions:
                    steps: tuple[str, ...], detail: str, what: str, **changes: Any) -> db.SessionRecord:
         """``_move`` inside a transaction already open (the writer's, or a read-only server's)."""
         try:
-            return db.move(record.session_id, expect=expect, steps=steps, username=caller.username,
+            return db.move(record, expect=expect, steps=steps, username=caller.username,
                            detail=detail, now=self.now(), **changes)
         except db.StaleSession as exc:
             raise InvalidTransition(f"cannot {what}: the session is {exc.current.status}",
@@ -336,7 +336,7 @@ class UploadSessions:
               **changes: Any) -> db.SessionRecord:
         try:
             now = self.now()
-            return self._write(lambda: db.move(record.session_id, expect=expect, steps=steps,
+            return self._write(lambda: db.move(record, expect=expect, steps=steps,
                                                username=caller.username, detail=detail, now=now,
                                                expect_offset=expect_offset, **changes))
         except db.StaleSession as exc:

@@ -73,7 +73,10 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(folder / "queue.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # Only the rows of new copies must survive a power loss (``add`` commits them with
+        # FULL): a lost later step (a session id, "done") is found again from the server,
+        # which answers the same session for the same file, so those commits skip the fsync.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._remove_unqueued_copies()
 
@@ -96,6 +99,7 @@ class Outbox:
         fsync_dir(self.files)  # every name at once, before the rows that point at them
         added, repeats = [], 0
         with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for item_id, source, size, sha256 in copies:
@@ -115,6 +119,8 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         return [self.get(item_id) for item_id in added], repeats
 
     def pending(self, server: str) -> list[Item]:

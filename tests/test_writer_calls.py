@@ -62,3 +62,21 @@ def test_calls_queued_together_share_one_commit_and_fail_alone(tmp_path: Path,
     with db.connection_context():
         assert (get_meta("a"), get_meta("b"), get_meta("c")) == ("1", None, "1")
     close_database(db)
+
+
+def test_a_call_alone_that_raises_leaves_nothing(tmp_path: Path) -> None:
+    db = open_database("", tmp_path)
+    writer = CatalogueWriter(db).start()
+
+    def half_done() -> None:
+        set_meta("half", "1")
+        raise ValueError("refused after a write")
+
+    try:
+        with pytest.raises(ValueError, match="refused after a write"):
+            writer.run(half_done)
+        assert writer.run(lambda: get_meta("half")) is None
+    finally:
+        writer.stop()
+    close_database(db)
+

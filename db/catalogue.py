@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
-from peewee import Database, IntegrityError, PostgresqlDatabase, fn
+from peewee import Database, PostgresqlDatabase, fn
 from playhouse.pool import PooledDatabase, PooledSqliteDatabase
 
+from db.hierarchy import (Counts, HierarchyCache, fold_name,  # noqa: F401 - HierarchyCache, fold_name re-exported
+                          parents_of_series, series_parents)
 from db.models import ALL_MODELS, SCHEMA_VERSION, Instance, Meta, Patient, Series, Study, database
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,6 @@ class Stats:
     series: int
     instances: int
     bytes: int
-
-
-def fold_name(value: str | None) -> str | None:
-    """Person names are matched case-insensitively by default (PS3.4 C.2.2.2.1)."""
-    return value.casefold() if value else value
 
 
 def open_database(url: str, data_dir: Path) -> Database:
@@ -162,25 +159,6 @@ def clear_catalogue() -> None:
             model.delete().execute()
 
 
-class HierarchyCache:
-    """UID -> row id for patients, studies and series, so a new instance costs one INSERT."""
-
-    def __init__(self, limit: int = 20000) -> None:
-        self.limit = limit
-        self.patients: dict[str, int] = {}
-        self.studies: dict[str, tuple[int, int]] = {}  # uid -> (study id, patient id)
-        self.series: dict[str, tuple[int, int, int]] = {}  # uid -> (series, study, patient ids)
-
-    def clear(self) -> None:
-        for table in (self.patients, self.studies, self.series):
-            table.clear()
-
-    def remember(self, table: dict[str, Any], key: str, value: Any) -> None:
-        if len(table) >= self.limit:
-            table.clear()
-        table[key] = value
-
-
 def index_batch(records: list[tuple[InstanceRecord, bool]], cache: HierarchyCache) -> list[IndexResult]:
     """Insert a batch of instance rows in the current transaction, keeping counts right.
 
@@ -192,7 +170,7 @@ def index_batch(records: list[tuple[InstanceRecord, bool]], cache: HierarchyCach
     db = database.obj
     sql = _statements(db)
     results: list[IndexResult] = []
-    touched = _Counts()
+    touched = Counts()
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     for record, replace in records:
         existing = db.execute_sql(sql.find_instance, (record.sop_instance_uid,)).fetchone()
@@ -204,14 +182,14 @@ def index_batch(records: list[tuple[InstanceRecord, bool]], cache: HierarchyCach
                 continue
             superseded = existing_path if existing_path != record.path else None
             db.execute_sql(sql.delete_instance, (existing_id,))
-            touched.add_instance(_parents_of_series(existing_series), -1)
-        parents = _series_parents(record, cache, touched, now)
+            touched.add_instance(parents_of_series(existing_series), -1)
+        parents = series_parents(record, cache, touched, now)
         row = _instance_row(record, parents[0], now)
         cursor = db.execute_sql(sql.insert_instance, tuple(row[name] for name in sql.instance_columns))
         touched.add_instance(parents)
         outcome = Indexed.REPLACED if existing is not None else Indexed.STORED
         results.append(IndexResult(outcome, record.path, superseded, getattr(cursor, "lastrowid", None)))
-    touched.apply(db, sql)
+    touched.apply(db)
     return results
 
 
@@ -224,7 +202,7 @@ def unindex_rows(rows: list[tuple[int, str]]) -> list[bool]:
     """
     db = database.obj
     sql = _statements(db)
-    touched = _Counts()
+    touched = Counts()
     deleted = []
     for row_id, path in rows:
         found = db.execute_sql(sql.find_instance_by_id, (row_id,)).fetchone()
@@ -232,9 +210,9 @@ def unindex_rows(rows: list[tuple[int, str]]) -> list[bool]:
             deleted.append(False)
             continue
         db.execute_sql(sql.delete_instance, (row_id,))
-        touched.add_instance(_parents_of_series(found[1]), -1)
+        touched.add_instance(parents_of_series(found[1]), -1)
         deleted.append(True)
-    touched.apply(db, sql)
+    touched.apply(db)
     return deleted
 
 
@@ -266,9 +244,6 @@ class _Statements:
     get_meta: str
     delete_instance: str
     insert_instance: str
-    add_series_counts: str
-    add_study_counts: str
-    add_patient_counts: str
 
 
 _STATEMENTS: dict[str, _Statements] = {}
@@ -282,7 +257,7 @@ def _statements(db: Database) -> _Statements:
         return cached
     columns = tuple(f.column_name for f in Instance._meta.sorted_fields if f.name != "id")
     names = tuple(f.name for f in Instance._meta.sorted_fields if f.name != "id")
-    inst, ser, stu, pat = (m._meta.table_name for m in (Instance, Series, Study, Patient))
+    inst = Instance._meta.table_name
     meta = Meta._meta.table_name
     statements = _Statements(
         instance_columns=names,
@@ -294,20 +269,9 @@ def _statements(db: Database) -> _Statements:
         get_meta=f"SELECT value FROM {meta} WHERE key = {p}",
         delete_instance=f"DELETE FROM {inst} WHERE id = {p}",
         insert_instance=f"INSERT INTO {inst} ({', '.join(columns)}) VALUES ({', '.join([p] * len(columns))})",
-        add_series_counts=f"UPDATE {ser} SET num_instances = num_instances + {p} WHERE id = {p}",
-        add_study_counts=(f"UPDATE {stu} SET num_instances = num_instances + {p}, "
-                          f"num_series = num_series + {p} WHERE id = {p}"),
-        add_patient_counts=(f"UPDATE {pat} SET num_instances = num_instances + {p}, "
-                            f"num_series = num_series + {p}, num_studies = num_studies + {p} WHERE id = {p}"),
     )
     _STATEMENTS[p] = statements
     return statements
-
-
-def _parents_of_series(series_id: int) -> tuple[int, int, int]:
-    study_id, patient_id = (Series.select(Series.study, Study.patient).join(Study)
-                            .where(Series.id == series_id).tuples().get())
-    return series_id, study_id, patient_id
 
 
 def _instance_row(record: InstanceRecord, series_id: int, now: dt.datetime) -> dict[str, Any]:
@@ -348,123 +312,3 @@ def _instance_row(record: InstanceRecord, series_id: int, now: dt.datetime) -> d
         slice_location=a.get("slice_location"),
         specific_character_set=a.get("specific_character_set"),
     )
-
-
-def _series_parents(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts",
-                    now: dt.datetime) -> tuple[int, int, int]:
-    cached = cache.series.get(record.series_uid)
-    if cached is not None:
-        return cached
-    a = record.attrs
-    study_id, patient_id = _study_parents(record, cache, touched, now)
-    series_id = _get_or_insert(Series, Series.series_uid, record.series_uid, dict(
-        study=study_id,
-        modality=a.get("modality"),
-        series_number=a.get("series_number"),
-        series_description=a.get("series_description"),
-        body_part_examined=a.get("body_part_examined"),
-        series_date=a.get("series_date"),
-        series_time=a.get("series_time"),
-        protocol_name=a.get("protocol_name"),
-    ), on_insert=lambda: touched.add_series(study_id, patient_id))
-    # The series may belong to another study than this instance claims: trust the row.
-    parents = _parents_of_series(series_id)
-    cache.remember(cache.series, record.series_uid, parents)
-    return parents
-
-
-def _study_parents(record: InstanceRecord, cache: HierarchyCache, touched: "_Counts",
-                   now: dt.datetime) -> tuple[int, int]:
-    cached = cache.studies.get(record.study_uid)
-    if cached is not None:
-        return cached
-    a = record.attrs
-    patient_id = _patient_id(record, cache)
-    study_id = _get_or_insert(Study, Study.study_uid, record.study_uid, dict(
-        patient=patient_id,
-        study_date=a.get("study_date"),
-        study_time=a.get("study_time"),
-        accession_number=a.get("accession_number"),
-        study_id=a.get("study_id"),
-        study_description=a.get("study_description"),
-        referring_physician_name=a.get("referring_physician_name"),
-        referring_physician_name_folded=fold_name(a.get("referring_physician_name")),
-        institution_name=a.get("institution_name"),
-        specific_character_set=a.get("specific_character_set"),
-        created_at=now,
-    ), on_insert=lambda: touched.add_study(patient_id))
-    parents = tuple(Study.select(Study.id, Study.patient).where(Study.id == study_id).tuples().get())
-    cache.remember(cache.studies, record.study_uid, parents)
-    return parents
-
-
-def _patient_id(record: InstanceRecord, cache: HierarchyCache) -> int:
-    a = record.attrs
-    key = a.get("patient_id") or ""
-    patient_id = cache.patients.get(key)
-    if patient_id is not None:
-        return patient_id
-    patient_id = _get_or_insert(Patient, Patient.patient_id, key, dict(
-        patient_name=a.get("patient_name"),
-        patient_name_folded=fold_name(a.get("patient_name")),
-        issuer_of_patient_id=a.get("issuer_of_patient_id"),
-        patient_birth_date=a.get("patient_birth_date"),
-        patient_sex=a.get("patient_sex"),
-        specific_character_set=a.get("specific_character_set"),
-    ), on_insert=lambda: None)
-    cache.remember(cache.patients, key, patient_id)
-    return patient_id
-
-
-def _get_or_insert(model: Any, key_field: Any, key: str, values: dict[str, Any], on_insert: Any) -> int:
-    """Select by unique key, else insert; a row inserted by another process in between wins."""
-    row = model.select(model.id).where(key_field == key).tuples().first()
-    if row is not None:
-        return row[0]
-    query = model.insert(**{key_field.name: key}, **values).on_conflict_ignore()
-    inserted = database.execute(query).rowcount == 1
-    row = model.select(model.id).where(key_field == key).tuples().first()
-    if row is None:  # pragma: no cover - the insert above or a concurrent one made it
-        raise IntegrityError(f"{model.__name__} {key} vanished during insert")
-    if inserted:
-        on_insert()
-    return row[0]
-
-
-class _Counts:
-    """Count increments gathered over a batch, applied as one UPDATE per touched row."""
-
-    def __init__(self) -> None:
-        self.series: dict[int, int] = {}
-        self.studies: dict[int, list[int]] = {}  # id -> [instances, new series]
-        self.patients: dict[int, list[int]] = {}  # id -> [instances, new series, new studies]
-        self.studies_with_new_series: set[int] = set()
-
-    def add_instance(self, parents: tuple[int, int, int], n: int = 1) -> None:
-        series_id, study_id, patient_id = parents
-        self.series[series_id] = self.series.get(series_id, 0) + n
-        self.studies.setdefault(study_id, [0, 0])[0] += n
-        self.patients.setdefault(patient_id, [0, 0, 0])[0] += n
-
-    def add_series(self, study_id: int, patient_id: int) -> None:
-        self.studies.setdefault(study_id, [0, 0])[1] += 1
-        self.patients.setdefault(patient_id, [0, 0, 0])[1] += 1
-        self.studies_with_new_series.add(study_id)
-
-    def add_study(self, patient_id: int) -> None:
-        self.patients.setdefault(patient_id, [0, 0, 0])[2] += 1
-
-    def apply(self, db: Database, sql: _Statements) -> None:
-        for series_id, n in self.series.items():
-            if n:
-                db.execute_sql(sql.add_series_counts, (n, series_id))
-        for study_id, (instances, series) in self.studies.items():
-            if instances or series:
-                db.execute_sql(sql.add_study_counts, (instances, series, study_id))
-        for patient_id, (instances, series, studies) in self.patients.items():
-            if instances or series or studies:
-                db.execute_sql(sql.add_patient_counts, (instances, series, studies, patient_id))
-        for study_id in self.studies_with_new_series:
-            modalities = sorted({m for (m,) in Series.select(Series.modality).where(
-                (Series.study == study_id) & Series.modality.is_null(False)).distinct().tuples()})
-            Study.update(modalities_in_study="\\".join(modalities)).where(Study.id == study_id).execute()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,6 @@ class Storage:
         self.store = data_dir / STORE_DIR
         self.temp = data_dir / TEMP_DIR
         self._known_dirs: set[str] = set()
-        self._dir_lock = threading.Lock()
 
     def prepare(self) -> int:
         """Create the folders and delete temp leftovers of an earlier crash; returns how many."""
@@ -136,21 +134,22 @@ class Storage:
 
     def _ensure_folder(self, folder: Path) -> str:
         """Create the leaf folder (and its parent) if needed; the first time this process
-        uses a folder, fsync its parents so its own entry is durable even if an earlier
-        run created it and stopped before doing so."""
+        uses a folder, fsync its parent so its entry is durable even if an earlier run
+        created it and stopped before doing so (the parent's own entry likewise, once).
+
+        No lock: mkdir is atomic and an fsync twice is harmless, so associations storing
+        into different new folders (a new series each) do not wait for each other."""
         key = str(folder)
         if key in self._known_dirs:
             return key
-        with self._dir_lock:
-            if key not in self._known_dirs:
-                for path in (folder.parent, folder):
-                    try:
-                        os.mkdir(path)
-                    except FileExistsError:
-                        pass
-                fsync_dir(str(folder.parent.parent))
-                fsync_dir(str(folder.parent))
-                self._known_dirs.add(key)
+        parent = str(folder.parent)
+        if parent not in self._known_dirs:
+            _make_dir(parent)
+            fsync_dir(str(folder.parent.parent))
+            self._known_dirs.add(parent)
+        _make_dir(key)
+        fsync_dir(parent)
+        self._known_dirs.add(key)
         return key
 
     def remove(self, relative: str) -> None:
@@ -210,3 +209,10 @@ def fsync_dir(folder: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass

@@ -187,7 +187,7 @@ def move(current: SessionRecord, *, expect: Iterable[str], steps: tuple[str, ...
     Raises StaleSession with the current row when the condition does not hold.
     """
     expect = tuple(expect)
-    for attempt in range(2):
+    for _ in range(2):
         if current.status not in expect or (expect_offset is not None and current.upload_offset != expect_offset):
             raise StaleSession(current)
         moved = _move_from(current, steps, username, detail, now, changes)

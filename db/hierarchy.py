@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from peewee import Database, Field, IntegrityError
 
@@ -110,7 +110,7 @@ def series_parents(record: Any, cache: HierarchyCache, touched: "Counts",
         return cached
     a = record.attrs
     study_id, patient_id = _study_parents(record, cache, touched, now)
-    series_id = _get_or_insert(_statements(database.param).series, record.series_uid, dict(
+    series_id, inserted = _get_or_insert(_statements(database.param).series, record.series_uid, dict(
         study=study_id,
         modality=a.get("modality"),
         series_number=a.get("series_number"),
@@ -119,9 +119,12 @@ def series_parents(record: Any, cache: HierarchyCache, touched: "Counts",
         series_date=a.get("series_date"),
         series_time=a.get("series_time"),
         protocol_name=a.get("protocol_name"),
-    ), on_insert=lambda: touched.add_series(study_id, patient_id))
-    # The series may belong to another study than this instance claims: trust the row.
-    parents = parents_of_series(series_id)
+    ))
+    if inserted:
+        touched.add_series(study_id, patient_id)
+        parents = (series_id, study_id, patient_id)
+    else:  # the series may belong to another study than this instance claims: trust the row
+        parents = parents_of_series(series_id)
     cache.remember(cache.series, record.series_uid, parents)
     return parents
 
@@ -141,7 +144,7 @@ def _study_parents(record: Any, cache: HierarchyCache, touched: "Counts",
         return cached
     a = record.attrs
     patient_id = _patient_id(record, cache)
-    study_id = _get_or_insert(_statements(database.param).study, record.study_uid, dict(
+    study_id, inserted = _get_or_insert(_statements(database.param).study, record.study_uid, dict(
         patient=patient_id,
         study_date=a.get("study_date"),
         study_time=a.get("study_time"),
@@ -153,13 +156,16 @@ def _study_parents(record: Any, cache: HierarchyCache, touched: "Counts",
         institution_name=a.get("institution_name"),
         specific_character_set=a.get("specific_character_set"),
         created_at=now,
-    ), on_insert=lambda: touched.add_study(patient_id))
-    # an existing study keeps the patient it has
-    db = database.obj
-    row = db.execute_sql(_statements(db.param).patient_of_study, (study_id,)).fetchone()
-    if row is None:  # pragma: no cover - found or inserted just above, in this transaction
-        raise IntegrityError(f"study row {study_id} is gone")
-    parents = (study_id, row[0])
+    ))
+    if inserted:
+        touched.add_study(patient_id)
+    else:  # an existing study keeps the patient it has
+        db = database.obj
+        row = db.execute_sql(_statements(db.param).patient_of_study, (study_id,)).fetchone()
+        if row is None:  # pragma: no cover - found just above, in this transaction
+            raise IntegrityError(f"study row {study_id} is gone")
+        patient_id = row[0]
+    parents = (study_id, patient_id)
     cache.remember(cache.studies, record.study_uid, parents)
     return parents
 
@@ -170,35 +176,34 @@ def _patient_id(record: Any, cache: HierarchyCache) -> int:
     patient_id = cache.patients.get(key)
     if patient_id is not None:
         return patient_id
-    patient_id = _get_or_insert(_statements(database.param).patient, key, dict(
+    patient_id, _ = _get_or_insert(_statements(database.param).patient, key, dict(
         patient_name=a.get("patient_name"),
         patient_name_folded=fold_name(a.get("patient_name")),
         issuer_of_patient_id=a.get("issuer_of_patient_id"),
         patient_birth_date=a.get("patient_birth_date"),
         patient_sex=a.get("patient_sex"),
         specific_character_set=a.get("specific_character_set"),
-    ), on_insert=lambda: None)
+    ))
     cache.remember(cache.patients, key, patient_id)
     return patient_id
 
 
-def _get_or_insert(table: _Table, key: str, values: dict[str, Any], on_insert: Callable[[], None]) -> int:
-    """The row id by unique key, inserting the row first if there is none (a row another
+def _get_or_insert(table: _Table, key: str, values: dict[str, Any]) -> tuple[int, bool]:
+    """(row id, inserted now) by unique key, inserting the row if there is none (a row another
     process inserted in between wins). Columns not in ``values`` get their model defaults."""
     db = database.obj
     row = db.execute_sql(table.find, (key,)).fetchone()
     if row is not None:
-        return row[0]
+        return row[0], False
     params = [f.db_value(key if f is table.key else values[f.name] if f.name in values else _default(f))
               for f in table.fields]
     row = db.execute_sql(table.insert, params).fetchone()
     if row is not None:
-        on_insert()
-        return row[0]
+        return row[0], True
     row = db.execute_sql(table.find, (key,)).fetchone()
     if row is None:  # pragma: no cover - the insert above or a concurrent one made it
         raise IntegrityError(f"{table.key.model.__name__} {key} vanished during insert")
-    return row[0]
+    return row[0], False
 
 
 def _default(f: Field) -> Any:

@@ -9,12 +9,12 @@ time goes"):
   reacts at once when busy;
 - a P-DATA-TF PDU in the established state is read whole with recv_into and its PDVs go
   straight into the DIMSE message (action DT-2 without PDU/primitive objects or copies);
-- a plain C-STORE-RSP (no Error Comment or other optional elements) is encoded directly:
-  seven elements of implicit VR little endian instead of a pydicom Dataset round trip, and
-  written to the socket by the thread that answers (action DT-1), under the DUL's send lock;
-  so are a plain C-FIND-RSP and the Pending C-MOVE-RSP/C-GET-RSP with the sub-operation
-  counts that follows every C-STORE sub-operation of a retrieve; a plain C-STORE-RSP received
-  (a C-GET sub-operation's answer) becomes its primitive without a pydicom decode;
+- the command sets of the messages that come once per image are written and read directly
+  (scp.commands) instead of through pydicom Datasets: a plain C-STORE-RSP, C-FIND-RSP and the
+  Pending C-MOVE-RSP/C-GET-RSP with the sub-operation counts that follows every C-STORE
+  sub-operation of a retrieve are encoded and written to the socket by the thread that
+  answers (action DT-1, under the DUL's send lock); a plain C-STORE-RQ received becomes its
+  primitive, and so does a plain C-STORE-RSP (a C-GET sub-operation's answer);
 - a received dataset stays in memory up to ``SPOOL_LIMIT`` and then spills to an unnamed
   temp file under data_dir/tmp, so a 1 GB object costs disk, not twice its size in memory.
 
@@ -29,7 +29,6 @@ import io
 import logging
 import mmap
 import queue
-import struct
 import tempfile
 import threading
 from pathlib import Path
@@ -46,8 +45,9 @@ from pynetdicom.transport import RequestHandler
 from pynetdicom.utils import make_target
 
 from scp.fastdul import FastDUL
+from scp.commands import (plain_find_response, plain_retrieve_response, plain_store_response,
+                          store_request_primitive, store_response_command, store_response_primitive)
 from scp.faststore import FastStorageServiceClass, is_plain_storage_request
-from scu.direct_store import command_ui, command_us
 
 LOGGER = logging.getLogger("pynetdicom.dul")
 
@@ -165,12 +165,16 @@ class FastDIMSE(DIMSEServiceProvider):
                 return
             message.context_id = context_id
             if not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
-                primitive = _plain_store_response_primitive(message.encoded_command_set.getvalue())
+                command = message.encoded_command_set.getvalue()
+                primitive = store_response_primitive(command)
                 if primitive is not None:  # a C-GET sub-operation's answer
                     primitive._context_id = context_id
                     self.msg_queue.put((context_id, primitive))
                     self.message = None
                     return
+                message.primitive = store_request_primitive(command)
+                if message.primitive is not None:
+                    return  # its data set follows
             message.command_set = decode(message.encoded_command_set, True, True)
             message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
             if message.command_set.CommandDataSetType != 0x0101:
@@ -182,9 +186,18 @@ class FastDIMSE(DIMSEServiceProvider):
         self._deliver(message)
 
     def _deliver(self, message: DIMSEMessage) -> None:
-        """The end of DIMSEServiceProvider.receive_primitive once a message is complete."""
-        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+        """The end of DIMSEServiceProvider.receive_primitive once a message is complete.
+        A plain C-STORE-RQ had its primitive made from its command set (scp.commands);
+        nothing watches its messages (no EVT_DIMSE_RECV handler)."""
         context_id = message.context_id
+        primitive = getattr(message, "primitive", None)
+        if primitive is not None:
+            primitive.DataSet = message.data_set
+            primitive._context_id = context_id
+            self.msg_queue.put((context_id, primitive))
+            self.message = None
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
         try:
             primitive = message.message_to_primitive()
         except Exception as exc:  # noqa: BLE001 - as upstream: an invalid message is Evt19
@@ -202,8 +215,8 @@ class FastDIMSE(DIMSEServiceProvider):
         self.message = None
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        encoded = (_plain_store_response(primitive) or _plain_find_response(primitive)
-                   or _plain_retrieve_response(primitive))
+        encoded = (plain_store_response(primitive) or plain_find_response(primitive)
+                   or plain_retrieve_response(primitive))
         if encoded is None or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             self._send_encoded(primitive, context_id)
             return
@@ -269,133 +282,6 @@ class FastDIMSE(DIMSEServiceProvider):
                 queued = True  # the association is ending: the rest goes the usual way
                 self.dul.send_pdu(pdata)
             pdata = following
-
-
-_STORE_RSP_FIELDS = {"MessageIDBeingRespondedTo", "AffectedSOPClassUID",
-                     "AffectedSOPInstanceUID", "Status"}
-
-
-def _plain_store_response(primitive: Any) -> bytes | None:
-    """The command set of a C-STORE-RSP with only its required elements, else None."""
-    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None:
-        return None
-    # MessageID is set on responses too (pynetdicom copies it from the request) but is not
-    # part of a C-STORE-RSP command set, so it does not disqualify the direct encoding.
-    for name in ("ErrorComment", "OffendingElement", "MoveOriginatorApplicationEntityTitle",
-                 "MoveOriginatorMessageID"):
-        if getattr(primitive, name, None):
-            return None
-    if primitive.Status is None or primitive.AffectedSOPClassUID is None:
-        return None
-    return store_response_command(primitive.MessageIDBeingRespondedTo, primitive.AffectedSOPClassUID,
-                                  primitive.AffectedSOPInstanceUID, primitive.Status)
-
-
-def store_response_command(message_id: int, sop_class_uid: str, sop_instance_uid: str | None,
-                           status: int) -> bytes:
-    """A C-STORE-RSP command set (PS3.7 9.3.1.2) of its required elements, implicit VR
-    little endian, as pynetdicom encodes it."""
-    body = b"".join((
-        command_ui(0x0002, sop_class_uid),
-        command_us(0x0100, 0x8001),
-        command_us(0x0120, message_id),
-        command_us(0x0800, 0x0101),
-        command_us(0x0900, status),
-        command_ui(0x1000, sop_instance_uid) if sop_instance_uid else b"",
-    ))
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
-
-
-_PLAIN_STORE_RSP_ELEMENTS = (frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900}),
-                             frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}))
-
-
-def _plain_store_response_primitive(command: bytes) -> C_STORE | None:
-    """The C_STORE primitive of a received C-STORE-RSP command set (implicit VR little
-    endian) holding only its required elements, as pynetdicom's decode and
-    ``message_to_primitive`` would build it; None for anything else (pynetdicom decodes it)."""
-    elements: dict[int, bytes] = {}
-    offset, end = 0, len(command)
-    while offset < end:
-        if offset + 8 > end:
-            return None
-        group, element, length = struct.unpack_from("<HHI", command, offset)
-        offset += 8
-        if group != 0 or offset + length > end or element in elements:
-            return None
-        elements[element] = command[offset:offset + length]
-        offset += length
-    if frozenset(elements) not in _PLAIN_STORE_RSP_ELEMENTS:
-        return None
-    numbers = {}
-    for element in (0x0100, 0x0120, 0x0800, 0x0900):
-        if len(elements[element]) != 2:
-            return None
-        (numbers[element],) = struct.unpack("<H", elements[element])
-    if numbers[0x0100] != 0x8001 or numbers[0x0800] != 0x0101:
-        return None
-    try:
-        uids = {element: elements[element].decode("ascii").rstrip("\x00 ")
-                for element in (0x0002, 0x1000) if element in elements}
-    except UnicodeDecodeError:
-        return None
-    if any("\\" in uid or not uid for uid in uids.values()):
-        return None  # multi-valued or empty: pynetdicom's own handling
-    primitive = C_STORE()
-    primitive.AffectedSOPClassUID = uids[0x0002]
-    primitive.MessageIDBeingRespondedTo = numbers[0x0120]
-    primitive.Status = numbers[0x0900]
-    if 0x1000 in uids:
-        primitive.AffectedSOPInstanceUID = uids[0x1000]
-    primitive._dataset_path = primitive._dataset_file = None  # as message_to_primitive sets them
-    return primitive
-
-
-def _plain_find_response(primitive: Any) -> bytes | None:
-    """The command set of a C-FIND-RSP (PS3.7 9.3.2.2) without Error Comment or Offending
-    Element, else None: one is sent for every match of a query."""
-    if not isinstance(primitive, C_FIND) or primitive.MessageIDBeingRespondedTo is None:
-        return None
-    if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
-        return None
-    has_identifier = primitive.Identifier is not None and primitive.Identifier.getvalue() != b""
-    body = b"".join((
-        command_ui(0x0002, primitive.AffectedSOPClassUID),
-        command_us(0x0100, 0x8020),
-        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
-        command_us(0x0800, 0x0001 if has_identifier else 0x0101),
-        command_us(0x0900, primitive.Status),
-    ))
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
-
-
-_RETRIEVE_COMMAND_FIELDS = {C_GET: 0x8010, C_MOVE: 0x8021}
-
-
-def _plain_retrieve_response(primitive: Any) -> bytes | None:
-    """The command set of a C-GET-RSP or C-MOVE-RSP (PS3.7 9.3.3.2, 9.3.4.2) without an
-    identifier, Error Comment or Offending Element, else None: the Pending response with the
-    sub-operation counts that pynetdicom's Query/Retrieve service sends after each one."""
-    command_field = _RETRIEVE_COMMAND_FIELDS.get(primitive.__class__)
-    if command_field is None or primitive.MessageIDBeingRespondedTo is None:
-        return None
-    if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
-        return None
-    if primitive.AffectedSOPClassUID is None:
-        return None
-    if primitive.Identifier is not None:  # a final Warning/Failure with its UID list
-        return None
-    counts = (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
-              primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations)
-    body = b"".join((
-        command_ui(0x0002, primitive.AffectedSOPClassUID),
-        command_us(0x0100, command_field),
-        command_us(0x0120, primitive.MessageIDBeingRespondedTo),
-        command_us(0x0800, 0x0101),
-        command_us(0x0900, primitive.Status),
-        *(command_us(0x1020 + n, count) for n, count in enumerate(counts) if count is not None),
-    ))
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
 class FastAssociation(Association):

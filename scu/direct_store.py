@@ -32,6 +32,8 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
+from scp.commands import command_ui, command_us
+
 MESSAGE_BLOCK = 4 << 20  # bytes of framed PDUs built and written at a time (a CT slice: all of it)
 _MAX_FRAGMENTS = 512  # PDVs a block holds: one preadv, under IOV_MAX
 _PDV_HEAD = 12  # P-DATA-TF PDU header (6), PDV item length (4), context ID, control header
@@ -231,16 +233,3 @@ def pause_reactor(assoc: Association) -> None:
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused and assoc.is_established:
         time.sleep(0.0001)
-
-
-def command_us(element: int, value: int) -> bytes:
-    """A US element of a command set (group 0000, implicit VR little endian; PS3.7 E.1)."""
-    return struct.pack("<HHIH", 0, element, 2, value)
-
-
-def command_ui(element: int, uid: str) -> bytes:
-    """A UI element of a command set, padded to even length with a NUL (PS3.5 9.1)."""
-    raw = uid.encode("ascii")
-    if len(raw) % 2:
-        raw += b"\x00"
-    return struct.pack("<HHI", 0, element, len(raw)) + raw

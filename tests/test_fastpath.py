@@ -21,7 +21,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from db.models import Instance, database
 from node.runtime import Node
-from scp import fastpath
+from scp import commands, fastpath
 from tests.helpers import make_dataset
 
 
@@ -53,7 +53,7 @@ def _decode(command: bytes):
 def test_direct_encoding_matches_pynetdicom():
     for status in (0x0000, 0xB000, 0xA700):
         rsp = _response(status)
-        fast = fastpath._plain_store_response(rsp)
+        fast = commands.plain_store_response(rsp)
         stock = _stock_command_bytes(rsp)
         assert fast == stock
         assert _decode(fast).Status == status
@@ -61,10 +61,10 @@ def test_direct_encoding_matches_pynetdicom():
 
 
 def test_responses_with_optional_elements_use_pynetdicom():
-    assert fastpath._plain_store_response(_response(0xC000, ErrorComment="bad")) is None
+    assert commands.plain_store_response(_response(0xC000, ErrorComment="bad")) is None
     request = C_STORE()
     request.MessageID = 1
-    assert fastpath._plain_store_response(request) is None
+    assert commands.plain_store_response(request) is None
 
 
 # --- live exchanges: the same bytes must arrive with and without the fast path ------------
@@ -268,10 +268,10 @@ def test_direct_find_response_matches_pynetdicom():
         rsp.Status = status
         rsp.Identifier = io.BytesIO(identifier) if identifier else None
         command, data = _stock_find_bytes(rsp)
-        assert fastpath._plain_find_response(rsp) == command
+        assert commands.plain_find_response(rsp) == command
         assert data == (identifier or b"")
     rsp.ErrorComment = "why"
-    assert fastpath._plain_find_response(rsp) is None
+    assert commands.plain_find_response(rsp) is None
 
 
 def test_supported_contexts_copy_like_deepcopy_and_stay_independent() -> None:
@@ -320,7 +320,7 @@ def test_direct_retrieve_response_matches_pynetdicom():
             (pdata,) = list(message.encode_msg(1, 16384))
             ((_, pdv),) = pdata.presentation_data_value_list
             assert pdv[0] == 0x03
-            fast = fastpath._plain_retrieve_response(rsp)
+            fast = commands.plain_retrieve_response(rsp)
             assert fast == pdv[1:]
             decoded = _decode(fast)
             assert decoded.CommandField == field and decoded.Status == status
@@ -332,14 +332,14 @@ def test_retrieve_responses_with_identifier_or_comment_use_pynetdicom():
     from pynetdicom.dimse_primitives import C_GET, C_MOVE
 
     failed_list = io.BytesIO(b"\x08\x00\x58\x00\x06\x00\x00\x001.2.3\x00")
-    assert fastpath._plain_retrieve_response(
+    assert commands.plain_retrieve_response(
         _retrieve_response(C_MOVE, 0xB000, (None, 1, 1, 0), Identifier=failed_list)) is None
-    assert fastpath._plain_retrieve_response(
+    assert commands.plain_retrieve_response(
         _retrieve_response(C_GET, 0xC000, (None, 0, 0, 0), ErrorComment="bad")) is None
     request = C_MOVE()
     request.MessageID = 1
-    assert fastpath._plain_retrieve_response(request) is None
-    assert fastpath._plain_retrieve_response(_response()) is None  # a C-STORE-RSP
+    assert commands.plain_retrieve_response(request) is None
+    assert commands.plain_retrieve_response(_response()) is None  # a C-STORE-RSP
 
 
 def test_accepted_contexts_sorted_once_and_renewed_with_negotiation():
@@ -380,27 +380,27 @@ def test_received_store_response_decoded_as_pynetdicom_does():
     """A plain C-STORE-RSP received on an accepted association (a C-GET sub-operation's
     answer) becomes the same C_STORE primitive as pynetdicom's decode gives."""
     for rsp in (_response(0x0000), _response(0xB007), _response(0xA700)):
-        for command in (fastpath._plain_store_response(rsp), _stock_command_bytes(rsp)):
-            fast = fastpath._plain_store_response_primitive(command)
+        for command in (commands.plain_store_response(rsp), _stock_command_bytes(rsp)):
+            fast = commands.store_response_primitive(command)
             assert fast is not None
             fast._context_id = 1
             stock = _stock_received_primitive(command)
             assert vars(fast) == vars(stock)
     without_instance = _response()
     without_instance.AffectedSOPInstanceUID = None
-    command = fastpath._plain_store_response(without_instance)
-    fast = fastpath._plain_store_response_primitive(command)
+    command = commands.plain_store_response(without_instance)
+    fast = commands.store_response_primitive(command)
     fast._context_id = 1
     assert vars(fast) == vars(_stock_received_primitive(command))
 
 
 def test_received_store_responses_with_more_use_pynetdicom():
     with_comment = _stock_command_bytes(_response(0xC000, ErrorComment="disk full"))
-    assert fastpath._plain_store_response_primitive(with_comment) is None
-    find = fastpath._plain_find_response(_find_rsp())
-    assert fastpath._plain_store_response_primitive(find) is None
-    assert fastpath._plain_store_response_primitive(b"\x00\x00\x00\x00\x04") is None
-    assert fastpath._plain_store_response_primitive(b"") is None
+    assert commands.store_response_primitive(with_comment) is None
+    find = commands.plain_find_response(_find_rsp())
+    assert commands.store_response_primitive(find) is None
+    assert commands.store_response_primitive(b"\x00\x00\x00\x00\x04") is None
+    assert commands.store_response_primitive(b"") is None
 
 
 def _find_rsp():

@@ -14,7 +14,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Callable
 
 from pydicom import dcmread
@@ -153,6 +153,13 @@ def open_buffer(buffer: bytes | Any) -> io.BufferedIOBase:
     return io.BufferedReader(_BufferRaw(buffer), 1 << 16)
 
 
+@lru_cache(maxsize=64)
+def transfer_syntax_uid(ts: str) -> UID:
+    """pydicom's UID for a transfer syntax, built once: UID() validates its value each time,
+    which cost a small C-STORE as much as the rest of reading its header."""
+    return UID(ts)
+
+
 def read_header(part10: bytes | memoryview) -> InstanceHeader:
     """Parse a Part 10 byte string (preamble, meta, dataset) up to its pixel data.
 
@@ -185,7 +192,7 @@ def _scanned_header(part10: bytes | memoryview) -> InstanceHeader | None:
     if meta is None:
         return None
     ts, source_ae, start = meta
-    uid = UID(ts)
+    uid = transfer_syntax_uid(ts)
     if not uid.is_transfer_syntax or not uid.is_little_endian or ts == DeflatedExplicitVRLittleEndian:
         return None
     dataset = memoryview(part10)[start:]
@@ -224,7 +231,7 @@ def read_dataset_header(dataset: bytes | memoryview, transfer_syntax: str,
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         raise ValueError("deflated datasets are parsed as Part 10 files")
-    uid = UID(transfer_syntax)
+    uid = transfer_syntax_uid(transfer_syntax)
     if uid.is_little_endian:
         scanned = scan_header(dataset, uid.is_implicit_VR, _WANTED_TAGS)
         if scanned is not None:
@@ -253,7 +260,7 @@ def _from_scan(scanned: ScannedHeader, ts: str, dataset: bytes | memoryview, fil
 def _finish(raw_of: RawLookup, charsets: list[str] | None, ts: str, data: bytes | memoryview,
             pixel_pos: int, file_offset: int) -> InstanceHeader:
     try:
-        attrs = attributes_from_raw(raw_of, charsets, UID(ts).is_little_endian)
+        attrs = attributes_from_raw(raw_of, charsets, transfer_syntax_uid(ts).is_little_endian)
     except _PARSE_ERRORS + (LookupError,) as exc:
         raise InvalidDataset(f"cannot decode the header: {exc}") from None
     for key in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
@@ -261,7 +268,7 @@ def _finish(raw_of: RawLookup, charsets: list[str] | None, ts: str, data: bytes 
             raise InvalidDataset(f"the dataset has no {_UID_KEYWORDS[key]}")
         if not is_valid_uid(attrs[key]):
             raise InvalidDataset(f"{_UID_KEYWORDS[key]} is not a valid UID: {attrs[key][:80]!r}")
-    uid = UID(ts)
+    uid = transfer_syntax_uid(ts)
     if ts == DeflatedExplicitVRLittleEndian or not uid.is_little_endian:
         pixels = PixelLayout()  # offsets into a deflated or big endian stream are of no use
     else:

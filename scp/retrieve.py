@@ -63,16 +63,18 @@ class StoredFile(Dataset):
     Datasets on to ``send_c_store``, and reads the SOP Instance UID of a failed one for the
     Failed SOP Instance UID List: this one carries the UIDs as raw elements (decoded only
     if asked for: setting them by keyword cost more than the rest of a sub-operation's
-    bookkeeping) and, as plain attributes, the UIDs, the file's path and its syntax."""
+    bookkeeping) and, as plain attributes, the UIDs, the file's path and its syntax, and the
+    file the next sub-operation sends (path, SOP class, syntax: read ahead meanwhile)."""
 
     def __init__(self, path: Path, sop_class_uid: str, sop_instance_uid: str,
-                 transfer_syntax: str) -> None:
+                 transfer_syntax: str, upcoming: tuple[Path, str, str] | None = None) -> None:
         super().__init__()
         for tag, uid in ((_SOP_CLASS_UID, sop_class_uid), (_SOP_INSTANCE_UID, sop_instance_uid)):
             raw = uid.encode("ascii")
             raw += b"\0" * (len(raw) % 2)
             self._dict[tag] = RawDataElement(tag, "UI", len(raw), raw, 0, False, True)
         object.__setattr__(self, "stored", (path, sop_class_uid, sop_instance_uid, transfer_syntax))
+        object.__setattr__(self, "upcoming", upcoming)
 
 
 def send_stored_files(assoc: Association) -> None:
@@ -95,7 +97,8 @@ def send_stored_files(assoc: Association) -> None:
             path, sop_class_uid, sop_instance_uid, transfer_syntax = dataset.stored
             rsp = send_file_directly(assoc, path, sop_class_uid, sop_instance_uid, transfer_syntax,
                                      kwargs.get("msg_id", 1),
-                                     originator if originator[0] and originator[1] is not None else None)
+                                     originator if originator[0] and originator[1] is not None else None,
+                                     dataset.upcoming)
             if rsp is not None:
                 return rsp
             dataset = path
@@ -196,7 +199,8 @@ def handle_move(event: Any, settings: Settings) -> Iterator[Any]:
                      len(instances))
             yield statuses.CANCEL, None
             return
-        yield statuses.PENDING, dataset_for_sub_operation(inst, store.assoc, settings)
+        yield statuses.PENDING, dataset_for_sub_operation(inst, store.assoc, settings,
+                                                          _following(instances, done))
     log.info("C-MOVE from %s to %s: %s", calling_ae, destination,
              sub_operations(store.assoc).summary(len(instances)))
 
@@ -220,7 +224,8 @@ def handle_get(event: Any, settings: Settings) -> Iterator[Any]:
                      len(instances))
             yield statuses.CANCEL, None
             return
-        yield statuses.PENDING, dataset_for_sub_operation(inst, event.assoc, settings)
+        yield statuses.PENDING, dataset_for_sub_operation(inst, event.assoc, settings,
+                                                          _following(instances, done))
     now = sub_operations(event.assoc)  # an association may carry several C-GETs
     log.info("C-GET from %s: %s", calling_ae, SubOperations(
         now.completed - before.completed, now.warning - before.warning, now.failed - before.failed,
@@ -257,8 +262,12 @@ def check_unique_key(query: Query) -> None:
         raise InvalidQuery(f"a {query.level} level retrieve needs a {keyword} value (no wildcards)")
 
 
+def _following(instances: list[StoredInstance], done: int) -> StoredInstance | None:
+    return instances[done + 1] if done + 1 < len(instances) else None
+
+
 def dataset_for_sub_operation(inst: StoredInstance, assoc: Association | None,
-                              settings: Settings) -> Dataset:
+                              settings: Settings, following: StoredInstance | None = None) -> Dataset:
     """The dataset to send, or a stub naming the instance that pynetdicom's ``send_c_store``
     refuses (no transfer syntax): the sub-operation then counts as failed and its UID goes
     into the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2)."""
@@ -266,7 +275,10 @@ def dataset_for_sub_operation(inst: StoredInstance, assoc: Association | None,
     path = settings.data_dir / inst.path
     if (inst.transfer_syntax in accepted and pynetdicom_config.STORE_SEND_CHUNKED_DATASET
             and getattr(assoc, "_sends_stored_files", False) and path.is_file()):
-        return StoredFile(path, inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax)
+        upcoming = None if following is None else (
+            settings.data_dir / following.path, following.sop_class_uid, following.transfer_syntax)
+        return StoredFile(path, inst.sop_class_uid, inst.sop_instance_uid, inst.transfer_syntax,
+                          upcoming)
     try:
         return dataset_to_send(path, inst.transfer_syntax, accepted)
     except Unsendable as exc:

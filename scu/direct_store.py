@@ -79,15 +79,29 @@ class MessageBuffer:
     next: a 512 KiB slice read into fresh memory, then joined with its PDU headers into more
     fresh memory, cost more in page faults and copies than its socket write (a third of a
     C-GET sub-operation's time here). Every block of a message is written before the next
-    is built, so one buffer serves them all."""
+    is built, so one buffer serves them all; between two messages it may hold the next
+    one's data, read while the peer was still storing the last (``read_ahead``)."""
 
     def __init__(self) -> None:
         self._memory = bytearray(0)
+        self._ahead: tuple[tuple, int] | None = None  # (what was read, where its data ends)
 
     def at_least(self, size: int) -> memoryview:
+        self._ahead = None
         if len(self._memory) < size:
             self._memory = bytearray(size)  # replaced, not resized: old views stay valid
         return memoryview(self._memory)
+
+    def keep_ahead(self, key: tuple, end: int) -> None:
+        self._ahead = (key, end)
+
+    def take_ahead(self, key: tuple | None) -> tuple[memoryview, int] | None:
+        """The buffer and where the data ends, if it holds what ``key`` names; whatever it
+        held is forgotten."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != key:
+            return None
+        return memoryview(self._memory), ahead[1]
 
 
 def buffer_of(assoc: Association) -> MessageBuffer:
@@ -97,41 +111,95 @@ def buffer_of(assoc: Association) -> MessageBuffer:
     return buffer
 
 
+_COMMAND_ROOM = 512  # bytes kept before a message's data for its command PDV (~250 at most)
+
+
+def _file_identity(path: Path, fd: int | None = None) -> tuple:
+    st = os.fstat(fd) if fd is not None else os.stat(path)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def store_message_blocks(path: Path, context_id: int, command: bytes, max_pdu: int,
                          buffer: MessageBuffer) -> Iterator[memoryview]:
     """A C-STORE-RQ of the file's dataset bytes as stored: the command PDV, then the data in
     fragments within the peer's maximum PDU length (0: no limit), one PDV per P-DATA-TF PDU
     (PS3.8 9.3.5 and E.2), built straight into ``buffer`` up to MESSAGE_BLOCK bytes at a time
-    (the fragments read into their places with one preadv). Each view is valid until the
-    next is asked for. The first block is built when it is asked for, so a file that cannot
-    be read (OSError, or ValueError without a meta group length) fails before anything is
-    sent; one that gets shorter later raises OSError between blocks."""
+    (the fragments read into their places with one preadv; or already there, read ahead).
+    Each view is valid until the next is asked for. The first block is built when it is
+    asked for, so a file that cannot be read (OSError, or ValueError without a meta group
+    length) fails before anything is sent; one that gets shorter later raises OSError
+    between blocks."""
+    command_size = _PDV_HEAD + len(command)
+    room = max(_COMMAND_ROOM, command_size)
+    try:
+        key = (_file_identity(path), context_id, max_pdu) if room == _COMMAND_ROOM else None
+    except OSError:
+        key = None  # opening it says what is wrong
+    ahead = buffer.take_ahead(key)
+    if ahead is not None:
+        view, end = ahead
+        _put_pdv(view, room - command_size, context_id, 0x03, command)
+        yield view[room - command_size:end]
+        return
     with open(path, "rb", buffering=0) as fp:
-        start = dataset_offset(fp)
-        length = os.fstat(fp.fileno()).st_size - start
-        if length < 0:
-            raise OSError(f"{path} ends inside its File Meta Information")
-        chunk = max(max_pdu - 6, 1024) if max_pdu else MESSAGE_BLOCK
-        fragments = max(-(-length // chunk), 1)  # an empty dataset still gets its last PDV
-        per_block = max(1, min(MESSAGE_BLOCK // chunk, _MAX_FRAGMENTS))
-        view = buffer.at_least(_PDV_HEAD + len(command)
-                               + min(fragments, per_block) * (_PDV_HEAD + min(chunk, length)))
-        pos = _put_pdv(view, 0, context_id, 0x03, command)
-        index, placed = 0, 0
-        while True:
-            slots, first_byte = [], start + placed
-            for index in range(index, min(index + per_block, fragments)):
-                size = min(chunk, length - placed)
-                pos = _pdv_head(view, pos, context_id, 0x02 if index == fragments - 1 else 0x00, size)
-                slots.append(view[pos:pos + size])
-                pos, placed = pos + size, placed + size
-            index += 1
-            if _read_into(fp, slots, first_byte) != sum(map(len, slots)):
-                raise OSError(f"{path} got shorter while it was being sent")
-            yield view[:pos]
-            if index >= fragments:
+        blocks = _data_blocks(fp, context_id, max_pdu, buffer, room)
+        view, end = next(blocks)
+        _put_pdv(view, room - command_size, context_id, 0x03, command)
+        yield view[room - command_size:end]
+        for view, end in blocks:
+            yield view[:end]
+
+
+def read_ahead(path: Path, context_id: int, max_pdu: int, buffer: MessageBuffer) -> None:
+    """Read the next message's data into ``buffer`` now (while the peer stores the last
+    one): copying a CT slice out of the page cache costs about as much as writing it to
+    the socket. Only a file whose message is one block; any failure is left for the send
+    to meet and report."""
+    buffer.take_ahead(None)
+    try:
+        with open(path, "rb", buffering=0) as fp:
+            length = os.fstat(fp.fileno()).st_size - dataset_offset(fp)
+            _, fragments, per_block = _layout(length, max_pdu)
+            if fragments > per_block:
                 return
-            pos = 0
+            _, end = next(_data_blocks(fp, context_id, max_pdu, buffer, _COMMAND_ROOM))
+            buffer.keep_ahead((_file_identity(path, fp.fileno()), context_id, max_pdu), end)
+    except (OSError, ValueError):
+        pass
+
+
+def _layout(length: int, max_pdu: int) -> tuple[int, int, int]:
+    """(bytes per fragment, fragments, fragments per block) of a dataset of ``length``."""
+    chunk = max(max_pdu - 6, 1024) if max_pdu else MESSAGE_BLOCK
+    fragments = max(-(-length // chunk), 1)  # an empty dataset still gets its last PDV
+    return chunk, fragments, max(1, min(MESSAGE_BLOCK // chunk, _MAX_FRAGMENTS))
+
+
+def _data_blocks(fp: Any, context_id: int, max_pdu: int, buffer: MessageBuffer,
+                 room: int) -> Iterator[tuple[memoryview, int]]:
+    """The data PDVs of the file's dataset, block by block: (buffer, where the block ends);
+    the first block starts ``room`` bytes in, the others at 0."""
+    start = dataset_offset(fp)
+    length = os.fstat(fp.fileno()).st_size - start
+    if length < 0:
+        raise OSError(f"{fp.name} ends inside its File Meta Information")
+    chunk, fragments, per_block = _layout(length, max_pdu)
+    view = buffer.at_least(room + min(fragments, per_block) * (_PDV_HEAD + min(chunk, length)))
+    pos, index, placed = room, 0, 0
+    while True:
+        slots, first_byte = [], start + placed
+        for index in range(index, min(index + per_block, fragments)):
+            size = min(chunk, length - placed)
+            pos = _pdv_head(view, pos, context_id, 0x02 if index == fragments - 1 else 0x00, size)
+            slots.append(view[pos:pos + size])
+            pos, placed = pos + size, placed + size
+        index += 1
+        if _read_into(fp, slots, first_byte) != sum(map(len, slots)):
+            raise OSError(f"{fp.name} got shorter while it was being sent")
+        yield view, pos
+        if index >= fragments:
+            return
+        pos = 0
 
 
 def _pdv_head(view: memoryview, pos: int, context_id: int, control: int, size: int) -> int:
@@ -168,10 +236,12 @@ def send_message(assoc: Association, send: Callable[[memoryview], None], blocks:
 
 def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
                      sop_instance_uid: str, msg_id: int,
-                     originator: tuple[str, int] | None = None) -> Dataset | None:
+                     originator: tuple[str, int] | None = None,
+                     then: tuple[Path, int] | None = None) -> Dataset | None:
     """One C-STORE of the file's dataset bytes; the response's status Dataset (empty when
     none came: the association is then aborted, as pynetdicom does). Raises OSError or
-    ValueError when the file cannot be read, before anything was sent."""
+    ValueError when the file cannot be read, before anything was sent. ``then``: the file
+    to send next and its context, read ahead while the peer stores this one."""
     command = store_command_set(sop_class_uid, sop_instance_uid, msg_id, originator)
     blocks = store_message_blocks(path, context_id, command, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
     first = next(blocks)
@@ -179,12 +249,15 @@ def send_stored_file(assoc: Association, context_id: int, path: Path, sop_class_
     send = assoc.dul.socket.send  # a failed write ends the association (pynetdicom signals Evt17)
     send(first)
     send_message(assoc, send, blocks)
+    if then is not None:
+        read_ahead(*then, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
 
 
 def send_stored_file_in_reactor(assoc: Association, context_id: int, path: Path, sop_class_uid: str,
-                                sop_instance_uid: str, msg_id: int) -> Dataset | None:
+                                sop_instance_uid: str, msg_id: int,
+                                then: tuple[Path, int] | None = None) -> Dataset | None:
     """A C-GET sub-operation: the same C-STORE-RQ, from the reactor thread of an accepted
     association whose DUL is scp.fastpath's, through its ``send_message_now`` (the lock every
     P-DATA of that association takes, so messages keep their order). None when that DUL is
@@ -197,6 +270,8 @@ def send_stored_file_in_reactor(assoc: Association, context_id: int, path: Path,
     blocks = store_message_blocks(path, context_id, command, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
     if not send_now(blocks):
         return None  # nothing was sent
+    if then is not None:
+        read_ahead(*then, assoc.dimse.maximum_pdu_size, buffer_of(assoc))
     _, rsp = assoc.dimse.get_msg(block=True)
     return _status(assoc, rsp, msg_id)
 

@@ -216,22 +216,29 @@ def _result(inst: Sendable, rsp: Dataset | None) -> StoreResult:
 
 def send_file_directly(assoc: Association, path: Path, sop_class_uid: str, sop_instance_uid: str,
                        transfer_syntax: str, msg_id: int,
-                       move_originator: tuple[str, int] | None = None) -> Dataset | None:
+                       move_originator: tuple[str, int] | None = None,
+                       upcoming: tuple[Path, str, str] | None = None) -> Dataset | None:
     """A stored file, in its stored syntax, through scu.direct_store when the association
     allows it: an outgoing one (``send``, forwarding, C-MOVE), or an accepted one from its
-    own reactor thread (C-GET); None when it does not (the caller sends through pynetdicom)."""
+    own reactor thread (C-GET); None when it does not (the caller sends through pynetdicom).
+    ``upcoming``: the file to be sent next (path, SOP class, syntax), to read ahead."""
     in_reactor = threading.current_thread() is assoc and not assoc.is_requestor
     if not direct_sending.enabled or not (in_reactor or can_send_directly(assoc)):
         return None
-    context_id = storage_contexts(assoc).get(sop_class_uid, {}).get(transfer_syntax)
+    contexts = storage_contexts(assoc)
+    context_id = contexts.get(sop_class_uid, {}).get(transfer_syntax)
     if context_id is None:
         return None
+    then = None
+    if upcoming is not None:
+        next_context = contexts.get(upcoming[1], {}).get(upcoming[2])
+        then = (upcoming[0], next_context) if next_context is not None else None
     try:
         if in_reactor:
             return send_stored_file_in_reactor(assoc, context_id, path, sop_class_uid,
-                                               sop_instance_uid, msg_id)
+                                               sop_instance_uid, msg_id, then)
         return send_stored_file(assoc, context_id, path, sop_class_uid, sop_instance_uid, msg_id,
-                                move_originator)
+                                move_originator, then)
     except ValueError:  # a file without a meta group length: pynetdicom finds the dataset
         return None
 

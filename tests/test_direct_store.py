@@ -191,6 +191,64 @@ def test_message_of_an_empty_dataset_has_its_last_pdv(tmp_path: Path) -> None:
     assert _pdus(blocks) == [(1, 0x03, b"CMD!"), (1, 0x02, b"")]
 
 
+def _message(path: Path, buffer: direct_store.MessageBuffer, context: int = 3,
+             max_pdu: int = 16384) -> list[bytes]:
+    return [bytes(b) for b in direct_store.store_message_blocks(path, context, b"COMMAND-2", max_pdu, buffer)]
+
+
+def test_a_message_read_ahead_is_the_message_read_then(tmp_path: Path) -> None:
+    """What ``read_ahead`` prepared while the last message was stored is sent as the same
+    bytes, once, and only for the file, context and PDU size it was read for."""
+    first, second = tmp_path / "1.dcm", tmp_path / "2.dcm"
+    first.write_bytes(part10(make_dataset(rows=64, columns=64)))
+    second.write_bytes(part10(make_dataset(rows=32, columns=32)))
+    expected = _message(second, direct_store.MessageBuffer())
+    buffer = direct_store.MessageBuffer()
+    for max_pdu in (16384, 0):
+        direct_store.read_ahead(second, 3, max_pdu, buffer)
+        assert buffer._ahead is not None
+        assert _message(second, buffer, max_pdu=max_pdu) == _message(
+            second, direct_store.MessageBuffer(), max_pdu=max_pdu)
+        assert buffer._ahead is None  # taken
+    direct_store.read_ahead(second, 3, 16384, buffer)
+    assert _message(first, buffer) == _message(first, direct_store.MessageBuffer())
+    assert _message(second, buffer) == expected  # the read-ahead was dropped, not misused
+    direct_store.read_ahead(second, 4, 16384, buffer)  # another context: its PDV headers differ
+    assert _pdus(_message(second, buffer))[1][0] == 3
+    direct_store.read_ahead(second, 3, 16384, buffer)
+    assert _message(second, buffer, max_pdu=1030) == _message(
+        second, direct_store.MessageBuffer(), max_pdu=1030)
+
+
+def test_a_file_changed_or_gone_after_its_read_ahead_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10(make_dataset(rows=16, columns=16)))
+    buffer = direct_store.MessageBuffer()
+    direct_store.read_ahead(path, 3, 16384, buffer)
+    replacement = tmp_path / "new.dcm"
+    replacement.write_bytes(part10(make_dataset(rows=20, columns=20)))
+    os.replace(replacement, path)
+    assert _message(path, buffer) == _message(path, direct_store.MessageBuffer())
+    direct_store.read_ahead(path, 3, 16384, buffer)
+    path.unlink()
+    with pytest.raises(FileNotFoundError):  # before anything is sent, as without read-ahead
+        _message(path, buffer)
+    direct_store.read_ahead(path, 3, 16384, buffer)  # a missing file: left for the send to meet
+    assert buffer._ahead is None
+
+
+def test_only_a_message_of_one_block_is_read_ahead(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(direct_store, "MESSAGE_BLOCK", 4096)
+    path = tmp_path / "big.dcm"
+    path.write_bytes(part10(make_dataset(rows=64, columns=64)))
+    buffer = direct_store.MessageBuffer()
+    direct_store.read_ahead(path, 1, 1030, buffer)
+    assert buffer._ahead is None
+    path.write_bytes(part10(make_dataset(rows=16, columns=16)))
+    direct_store.read_ahead(path, 1, 1030, buffer)  # a smaller one fits a block
+    assert buffer._ahead is not None
+
+
 def test_a_file_cut_between_blocks_raises_before_a_short_block(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(direct_store, "MESSAGE_BLOCK", 4096)
     path = tmp_path / "big.dcm"

@@ -29,7 +29,8 @@ def command_ui(element: int, uid: str) -> bytes:
     return struct.pack("<HHI", 0, element, len(raw)) + raw
 
 
-def _command(*elements: bytes) -> bytes:
+def command_set(*elements: bytes) -> bytes:
+    """The encoded elements (in tag order) behind their Command Group Length (0000,0000)."""
     body = b"".join(elements)
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
@@ -40,7 +41,7 @@ def store_response_command(message_id: int, sop_class_uid: str, sop_instance_uid
                            status: int) -> bytes:
     """A C-STORE-RSP command set (PS3.7 9.3.1.2) of its required elements, implicit VR
     little endian, as pynetdicom encodes it."""
-    return _command(
+    return command_set(
         command_ui(0x0002, sop_class_uid),
         command_us(0x0100, 0x8001),
         command_us(0x0120, message_id),
@@ -74,7 +75,7 @@ def plain_find_response(primitive: Any) -> bytes | None:
     if primitive.ErrorComment or primitive.OffendingElement or primitive.Status is None:
         return None
     has_identifier = primitive.Identifier is not None and primitive.Identifier.getvalue() != b""
-    return _command(
+    return command_set(
         command_ui(0x0002, primitive.AffectedSOPClassUID),
         command_us(0x0100, 0x8020),
         command_us(0x0120, primitive.MessageIDBeingRespondedTo),
@@ -101,7 +102,7 @@ def plain_retrieve_response(primitive: Any) -> bytes | None:
         return None
     counts = (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
               primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations)
-    return _command(
+    return command_set(
         command_ui(0x0002, primitive.AffectedSOPClassUID),
         command_us(0x0100, command_field),
         command_us(0x0120, primitive.MessageIDBeingRespondedTo),
@@ -157,12 +158,25 @@ _STORE_RSP_ELEMENTS = (frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900}),
                        frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}))
 
 
+def received_store_primitive(command: bytes) -> C_STORE | None:
+    """The C_STORE primitive of a received plain C-STORE-RSP or C-STORE-RQ command set (see
+    below), the command set read once; None for anything else (pynetdicom decodes it)."""
+    values = _command_values(command)
+    if values is None:
+        return None
+    return _store_response(values) if values.get(0x0100) == 0x8001 else _store_request(values)
+
+
 def store_response_primitive(command: bytes) -> C_STORE | None:
     """The C_STORE primitive of a received C-STORE-RSP command set holding only its
     required elements, as pynetdicom's decode and ``message_to_primitive`` would build it;
     None for anything else (pynetdicom decodes it)."""
     values = _command_values(command)
-    if values is None or frozenset(values) not in _STORE_RSP_ELEMENTS:
+    return None if values is None else _store_response(values)
+
+
+def _store_response(values: dict[int, int | str]) -> C_STORE | None:
+    if frozenset(values) not in _STORE_RSP_ELEMENTS:
         return None
     if values[0x0100] != 0x8001 or values[0x0800] != 0x0101:
         return None
@@ -188,7 +202,11 @@ def store_request_primitive(command: bytes) -> C_STORE | None:
     The values go through the primitive's own setters, so a request pynetdicom would find
     invalid is invalid here too (a setter that refuses a value sends it the stock way)."""
     values = _command_values(command)
-    if values is None or values.get(0x0100) != 0x0001 or values.get(0x0800) == 0x0101:
+    return None if values is None else _store_request(values)
+
+
+def _store_request(values: dict[int, int | str]) -> C_STORE | None:
+    if values.get(0x0100) != 0x0001 or values.get(0x0800) == 0x0101:
         return None
     present = frozenset(values)
     if present != _STORE_RQ_ELEMENTS and present != _STORE_RQ_ELEMENTS | _MOVE_ORIGINATOR:

@@ -46,7 +46,7 @@ from pynetdicom.utils import make_target
 
 from scp.fastdul import FastDUL
 from scp.commands import (plain_find_response, plain_retrieve_response, plain_store_response,
-                          store_request_primitive, store_response_command, store_response_primitive)
+                          received_store_primitive, store_response_command)
 from scp.faststore import FastStorageServiceClass, is_plain_storage_request
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -165,16 +165,15 @@ class FastDIMSE(DIMSEServiceProvider):
                 return
             message.context_id = context_id
             if not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
-                command = message.encoded_command_set.getvalue()
-                primitive = store_response_primitive(command)
-                if primitive is not None:  # a C-GET sub-operation's answer
-                    primitive._context_id = context_id
+                primitive = received_store_primitive(message.encoded_command_set.getvalue())
+                if primitive is not None and primitive.MessageIDBeingRespondedTo is not None:
+                    primitive._context_id = context_id  # a C-GET sub-operation's answer
                     self.msg_queue.put((context_id, primitive))
                     self.message = None
                     return
-                message.primitive = store_request_primitive(command)
-                if message.primitive is not None:
-                    return  # its data set follows
+                if primitive is not None:
+                    message.primitive = primitive
+                    return  # a C-STORE-RQ: its data set follows
             message.command_set = decode(message.encoded_command_set, True, True)
             message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
             if message.command_set.CommandDataSetType != 0x0101:

@@ -32,7 +32,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-from scp.commands import command_ui, command_us
+from scp.commands import command_set, command_ui, command_us
 
 MESSAGE_BLOCK = 4 << 20  # bytes of framed PDUs built and written at a time (a CT slice: all of it)
 _MAX_FRAGMENTS = 512  # PDVs a block holds: one preadv, under IOV_MAX
@@ -52,14 +52,14 @@ def can_send_directly(assoc: Association) -> bool:
 def store_command_set(sop_class_uid: str, sop_instance_uid: str, msg_id: int,
                       originator: tuple[str, int] | None = None) -> bytes:
     """A C-STORE-RQ command set (PS3.7 9.3.1.1): elements in tag order, group length first."""
-    body = (command_ui(0x0002, sop_class_uid) + command_us(0x0100, 0x0001) + command_us(0x0110, msg_id)
-            + command_us(0x0700, 0x0000) + command_us(0x0800, 0x0001) + command_ui(0x1000, sop_instance_uid))
+    elements = [command_ui(0x0002, sop_class_uid), command_us(0x0100, 0x0001), command_us(0x0110, msg_id),
+                command_us(0x0700, 0x0000), command_us(0x0800, 0x0001), command_ui(0x1000, sop_instance_uid)]
     if originator is not None:
         ae_title, message_id = originator
         raw = ae_title.encode("ascii")
         raw += b" " * (len(raw) % 2)
-        body += struct.pack("<HHI", 0, 0x1030, len(raw)) + raw + command_us(0x1031, message_id)
-    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+        elements += [struct.pack("<HHI", 0, 0x1030, len(raw)) + raw, command_us(0x1031, message_id)]
+    return command_set(*elements)
 
 
 def dataset_offset(fp: Any) -> int:
@@ -91,6 +91,10 @@ class MessageBuffer:
         if len(self._memory) < size:
             self._memory = bytearray(size)  # replaced, not resized: old views stay valid
         return memoryview(self._memory)
+
+    @property
+    def holds_ahead(self) -> bool:
+        return self._ahead is not None
 
     def keep_ahead(self, key: tuple, end: int) -> None:
         self._ahead = (key, end)
@@ -131,10 +135,12 @@ def store_message_blocks(path: Path, context_id: int, command: bytes, max_pdu: i
     between blocks."""
     command_size = _PDV_HEAD + len(command)
     room = max(_COMMAND_ROOM, command_size)
-    try:
-        key = (_file_identity(path), context_id, max_pdu) if room == _COMMAND_ROOM else None
-    except OSError:
-        key = None  # opening it says what is wrong
+    key = None
+    if buffer.holds_ahead and room == _COMMAND_ROOM:  # else no stat: most sends read no ahead
+        try:
+            key = (_file_identity(path), context_id, max_pdu)
+        except OSError:
+            pass  # opening it says what is wrong
     ahead = buffer.take_ahead(key)
     if ahead is not None:
         view, end = ahead

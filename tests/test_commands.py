@@ -7,10 +7,11 @@ import struct
 
 import pytest
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import decode
 
-from scp.commands import command_ui, command_us, store_request_primitive
+from scp.commands import (command_ui, command_us, plain_find_response, received_store_primitive,
+                          store_request_primitive, store_response_command, store_response_primitive)
 from scu.direct_store import store_command_set
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -90,3 +91,18 @@ def _rebuilt(command: bytes, replace: dict[int, bytes] | None = None, add: bytes
         "long-us", "truncated", "empty-originator-id", "half-originator", "missing", "nothing"])
 def test_anything_else_is_left_to_pynetdicom(changed):
     assert store_request_primitive(changed) is None
+
+
+def test_a_received_command_set_is_read_once_as_request_or_response():
+    """What the fast path calls on every received command set: the same primitive as the
+    request or response reader gives, and None for any other message."""
+    request = _pynetdicom_request()
+    assert vars(received_store_primitive(request)) == vars(store_request_primitive(request))
+    response = store_response_command(7, CT, "1.2.3.4", 0x0000)
+    assert vars(received_store_primitive(response)) == vars(store_response_primitive(response))
+    assert received_store_primitive(response).MessageIDBeingRespondedTo == 7
+    find = C_FIND()
+    find.MessageID = find.MessageIDBeingRespondedTo = 7
+    find.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    find.Status = 0x0000
+    assert received_store_primitive(plain_find_response(find)) is None

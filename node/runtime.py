@@ -80,7 +80,7 @@ class Node:
         address = (self.settings.dicom.host, self.settings.dicom.port)
         check_can_listen(address)  # before cleaning temp files a node already running may own
         ingestor = self.open_store()
-        self.ae = build_ae(self.settings)
+        self.ae = build_ae(self.settings, self.fast_path)
         handlers = event_handlers(ingestor, self.settings, encode_directly=self.fast_path)
         self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
         if self.fast_path:

@@ -34,6 +34,7 @@ from pydicom.uid import (
 
 from node.config import Settings
 from node.ingest import Ingestor
+from scp.fastpath import FastRequestorAE
 from scp.find import handle_find
 from scp.retrieve import handle_get, handle_move
 from scp.storage import handle_echo, handle_store
@@ -60,9 +61,10 @@ STORAGE_TRANSFER_SYNTAXES = [
 QUERY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
 
-def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification and every storage SOP class pynetdicom knows."""
-    ae = AE(ae_title=settings.node.ae_title)
+def build_ae(settings: Settings, fast_path: bool = True) -> AE:
+    """An AE that accepts Verification and every storage SOP class pynetdicom knows; with
+    ``fast_path``, its outgoing associations (C-MOVE sub-operations) are scp.fastpath's."""
+    ae = (FastRequestorAE if fast_path else AE)(ae_title=settings.node.ae_title)
     ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     for find_model in (PatientRootQueryRetrieveInformationModelFind,
                        StudyRootQueryRetrieveInformationModelFind):

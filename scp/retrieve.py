@@ -47,7 +47,7 @@ from node.config import Settings
 from node.dicomfile import _PARSE_ERRORS
 from scp import statuses
 from scp.find import ROOT_OF_SOP_CLASS, caller_may_query, failure, query_from_identifier
-from scu.association import let_reactor_resume, set_no_delay, shorten_idle_sleep
+from scu.association import let_reactor_resume, set_no_delay
 from scu.store import (MAX_CONTEXTS, Unsendable, accepted_syntaxes, contexts_for, dataset_to_send,
                        send_file_directly)
 
@@ -188,7 +188,7 @@ def handle_move(event: Any, settings: Settings) -> Iterator[Any]:
                     "the first %d will fail", destination, len(contexts), MAX_CONTEXTS)
     yield remote.host, remote.port, {
         "contexts": contexts[:MAX_CONTEXTS],
-        "evt_handlers": [(evt.EVT_CONN_OPEN, set_no_delay), (evt.EVT_CONN_OPEN, shorten_idle_sleep),
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_no_delay),
                          (evt.EVT_ACCEPTED, store.accepted)],
     }
     yield len(instances)

@@ -13,6 +13,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from node.config import Settings
+from scp.fastpath import FastRequestorAE
 from scu.errors import AssociationFailed, UnknownRemote
 
 
@@ -42,11 +43,6 @@ def own_address(settings: Settings) -> Remote:
     return Remote(settings.node.ae_title, host, settings.dicom.port)
 
 
-# pynetdicom's DUL thread, when it finds nothing to do, sleeps this long before it looks at
-# the socket again (upstream: 1 ms)
-DUL_IDLE_SLEEP = 0.0001
-
-
 def set_no_delay(event: Any) -> None:
     """Nagle plus delayed ACK stalls each DIMSE message ~40 ms on loopback (DESIGN.md)."""
     sock = event.assoc.dul.socket.socket
@@ -54,19 +50,9 @@ def set_no_delay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def shorten_idle_sleep(event: Any) -> None:
-    """For an association that sends a run of C-STOREs (``send``, forwarding, a C-MOVE's
-    sub-operations): its DUL thread waits for each response by looking at the socket once a
-    millisecond, so every reply waited 0.5 ms or more; at 0.1 ms a C-MOVE of 500 CT slices
-    to storescp went from about 1.95 s to 1.5 s here. The cost is a thread waking 10,000
-    times a second while such an association is open, so associations that mostly wait
-    (C-FIND, a retrieval's C-MOVE) keep pynetdicom's millisecond."""
-    event.assoc.dul._run_loop_delay = DUL_IDLE_SLEEP
-
-
 def client_ae(settings: Settings, calling_ae: str | None = None, timeout: float | None = None) -> AE:
     """An AE for outgoing associations with the node's title (or ``calling_ae``) and limits."""
-    ae = AE(ae_title=calling_ae or settings.node.ae_title)
+    ae = FastRequestorAE(ae_title=calling_ae or settings.node.ae_title)
     seconds = timeout if timeout is not None else settings.dicom.network_timeout
     ae.acse_timeout = min(30.0, seconds)
     ae.dimse_timeout = seconds
@@ -94,6 +80,20 @@ def associate(ae: AE, remote: Remote, contexts: Sequence[PresentationContext],
                                 "association request")
     raise AssociationFailed(f"no association with {remote.ae_title} at {remote.host}:{remote.port} "
                             "(not listening or no answer)")
+
+
+def end_association(assoc: Association) -> None:
+    """Release an association that is still up; abort one the peer has already aborted or
+    dropped. A release then would wait the whole ACSE timeout for an answer that cannot come:
+    pynetdicom's DUL closes the socket, queues the abort indication and wakes the waiting
+    request (AA-3, AA-4) before the association's ``is_established`` turns false."""
+    if not assoc.is_established:
+        return
+    transport = assoc.dul.socket
+    if transport is not None and transport._is_connected and not assoc.acse.is_aborted():
+        assoc.release()
+    else:
+        assoc.abort()
 
 
 def _close_socket(assoc: Association) -> None:

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.config import Settings
-from scu.association import Remote, associate, client_ae, let_reactor_resume, status_of
+from scu.association import Remote, associate, client_ae, end_association, let_reactor_resume, status_of
 from scu.errors import AssociationFailed, RemoteStatusError
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -141,5 +141,4 @@ def query_remote(settings: Settings, remote: Remote, level: str,
     try:
         return [row_of(ds) for ds in find_on(assoc, root, identifier)]
     finally:
-        if assoc.is_established:
-            assoc.release()
+        end_association(assoc)

@@ -30,7 +30,8 @@ from db.query import KEYS
 from node.config import Settings
 from node.ingest import Ingestor
 from scp.storage import handle_store
-from scu.association import associate, client_ae, let_reactor_resume, remote_named, status_of
+from scu.association import (associate, client_ae, end_association, let_reactor_resume, remote_named,
+                             status_of)
 from scu.errors import AssociationFailed, RemoteStatusError
 from scu.find import build_identifier, find_contexts, find_on, row_of
 from scu.jobs import SeriesPlan, instance_uids_of, present_uids
@@ -89,8 +90,7 @@ def plan_job(settings: Settings, job: RetrieveJob) -> list[SeriesPlan]:
                                         _number(row.get("SeriesNumber")), uids, expected))
         return plans
     finally:
-        if assoc.is_established:
-            assoc.release()
+        end_association(assoc)
 
 
 def _find(assoc: Association, level: str, keys: list[tuple[str, str]], returns: list[str]) -> list[dict[str, str]]:
@@ -175,8 +175,7 @@ class Fetcher:
             return FetchResult(0x0000, failed, None)
         finally:
             self.register(None)
-            if assoc.is_established:
-                assoc.release()
+            end_association(assoc)
 
     def _responses(self, assoc: Association, job: RetrieveJob, identifier: Dataset,
                    msg_id: int) -> Iterator[tuple[Dataset, Dataset | None]]:

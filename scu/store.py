@@ -26,13 +26,11 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 
 from node.config import Settings
-from scu.association import (Remote, associate, client_ae, let_reactor_resume, shorten_idle_sleep,
-                              status_of)
+from scu.association import Remote, associate, client_ae, end_association, let_reactor_resume, status_of
 from scu.direct_store import can_send_directly, send_stored_file, send_stored_file_in_reactor
 from scu.errors import AssociationFailed
 
@@ -264,7 +262,7 @@ def send_instances(settings: Settings, remote: Remote, instances: Sequence[Senda
     opened_any = False
     for batch in batches(list(instances)):
         try:
-            assoc = associate(ae, remote, contexts_for(batch), [(evt.EVT_CONN_OPEN, shorten_idle_sleep)])
+            assoc = associate(ae, remote, contexts_for(batch))
         except AssociationFailed:
             if not opened_any:
                 raise
@@ -285,6 +283,5 @@ def send_instances(settings: Settings, remote: Remote, instances: Sequence[Senda
                 if on_result is not None:
                     on_result(result)
         finally:
-            if assoc.is_established:
-                assoc.release()
+            end_association(assoc)
     return summary

@@ -114,7 +114,8 @@ def plain_retrieve_response(primitive: Any) -> bytes | None:
 
 # --- received -----------------------------------------------------------------------------
 
-_US_ELEMENTS = frozenset({0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1031})
+_US_ELEMENTS = frozenset({0x0100, 0x0110, 0x0120, 0x0700, 0x0800, 0x0900, 0x1020, 0x1021, 0x1022,
+                          0x1023, 0x1031})
 _UI_ELEMENTS = frozenset({0x0002, 0x1000})
 _AE_ELEMENTS = frozenset({0x1030})
 
@@ -158,13 +159,49 @@ _STORE_RSP_ELEMENTS = (frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900}),
                        frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000}))
 
 
-def received_store_primitive(command: bytes) -> C_STORE | None:
-    """The C_STORE primitive of a received plain C-STORE-RSP or C-STORE-RQ command set (see
-    below), the command set read once; None for anything else (pynetdicom decodes it)."""
+def received_primitive(command: bytes) -> tuple[C_STORE | C_FIND | C_MOVE | C_GET, bool] | None:
+    """The primitive of a received command set, read once, and whether a data set follows:
+    a plain C-STORE-RQ or C-STORE-RSP (see below), or a C-FIND-RSP, C-MOVE-RSP or C-GET-RSP
+    with only its required elements and sub-operation counts (every Pending answer of a
+    query or retrieve this node sends). None for anything else: pynetdicom decodes it."""
     values = _command_values(command)
     if values is None:
         return None
-    return _store_response(values) if values.get(0x0100) == 0x8001 else _store_request(values)
+    field = values.get(0x0100)
+    if field == 0x8001:
+        primitive = _store_response(values)
+        return None if primitive is None else (primitive, False)
+    if field in _RESPONSE_TYPES:
+        primitive = _query_retrieve_response(values)
+        return None if primitive is None else (primitive, values[0x0800] != 0x0101)
+    primitive = _store_request(values)
+    return None if primitive is None else (primitive, True)
+
+
+_RESPONSE_TYPES = {0x8020: C_FIND, 0x8021: C_MOVE, 0x8010: C_GET}
+_RESPONSE_ELEMENTS = frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900})
+_SUB_OPERATION_COUNTS = {0x1020: "NumberOfRemainingSuboperations", 0x1021: "NumberOfCompletedSuboperations",
+                         0x1022: "NumberOfFailedSuboperations", 0x1023: "NumberOfWarningSuboperations"}
+
+
+def _query_retrieve_response(values: dict[int, int | str]) -> C_FIND | C_MOVE | C_GET | None:
+    """As message_to_primitive builds it, less the Identifier (the caller sets it)."""
+    kind = _RESPONSE_TYPES[values[0x0100]]
+    present = frozenset(values)
+    counts = present - _RESPONSE_ELEMENTS
+    if not _RESPONSE_ELEMENTS <= present or (counts and kind is C_FIND) or not counts <= _SUB_OPERATION_COUNTS.keys():
+        return None
+    primitive = kind()
+    try:
+        primitive.AffectedSOPClassUID = values[0x0002]
+        primitive.MessageIDBeingRespondedTo = values[0x0120]
+        primitive.Status = values[0x0900]
+        for element in counts:
+            setattr(primitive, _SUB_OPERATION_COUNTS[element], values[element])
+    except (TypeError, ValueError):
+        return None
+    primitive._dataset_path = primitive._dataset_file = None
+    return primitive
 
 
 def store_response_primitive(command: bytes) -> C_STORE | None:

@@ -46,7 +46,7 @@ from pynetdicom.utils import make_target
 
 from scp.fastdul import FastDUL
 from scp.commands import (plain_find_response, plain_retrieve_response, plain_store_response,
-                          received_store_primitive, store_response_command)
+                          received_primitive, store_response_command)
 from scp.faststore import FastStorageServiceClass, is_plain_storage_request
 
 LOGGER = logging.getLogger("pynetdicom.dul")
@@ -187,15 +187,12 @@ class FastDIMSE(DIMSEServiceProvider):
                 return
             message.context_id = context_id
             if not self.assoc.get_handlers(evt.EVT_DIMSE_RECV):
-                primitive = received_store_primitive(message.encoded_command_set.getvalue())
-                if primitive is not None and primitive.MessageIDBeingRespondedTo is not None:
-                    primitive._context_id = context_id  # a C-GET sub-operation's answer
-                    self.msg_queue.put((context_id, primitive))
-                    self.message = None
+                received = received_primitive(message.encoded_command_set.getvalue())
+                if received is not None:
+                    message.primitive, data_follows = received
+                    if not data_follows:  # a C-STORE-RSP, or a Pending C-MOVE/C-GET-RSP
+                        self._deliver(message)
                     return
-                if primitive is not None:
-                    message.primitive = primitive
-                    return  # a C-STORE-RQ: its data set follows
             message.command_set = decode(message.encoded_command_set, True, True)
             message.__class__ = _MESSAGE_TYPES[message.command_set.CommandField][1]
             if message.command_set.CommandDataSetType != 0x0101:
@@ -208,12 +205,17 @@ class FastDIMSE(DIMSEServiceProvider):
 
     def _deliver(self, message: DIMSEMessage) -> None:
         """The end of DIMSEServiceProvider.receive_primitive once a message is complete.
-        A plain C-STORE-RQ had its primitive made from its command set (scp.commands);
+        A message whose primitive was made from its command set (scp.commands: a plain
+        C-STORE-RQ or -RSP, a C-FIND, C-MOVE or C-GET response) gets its data set here;
         nothing watches its messages (no EVT_DIMSE_RECV handler)."""
         context_id = message.context_id
         primitive = getattr(message, "primitive", None)
         if primitive is not None:
-            primitive.DataSet = message.data_set
+            if isinstance(primitive, C_STORE):
+                if primitive.MessageIDBeingRespondedTo is None:
+                    primitive.DataSet = message.data_set
+            else:
+                primitive.Identifier = message.data_set  # empty when none came, as upstream
             primitive._context_id = context_id
             self.msg_queue.put((context_id, primitive))
             self.message = None

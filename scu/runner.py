@@ -34,7 +34,7 @@ from scu.retrieve import Fetcher, plan_job
 
 log = logging.getLogger(__name__)
 
-POLL = 0.2  # seconds between looks at the catalogue for new jobs and cancel requests (reads, unless a job is taken)
+POLL = 0.1  # seconds between looks at the catalogue for new jobs and cancel requests (reads, unless a job is taken)
 RENEW = jobs.LEASE / 3  # lease renewals are writes: few, as they compete with ingest commits
 
 

@@ -6,11 +6,11 @@ import io
 import struct
 
 import pytest
-from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ
-from pynetdicom.dimse_primitives import C_FIND, C_STORE
-from pynetdicom.dsutils import decode
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dsutils import decode, encode
 
-from scp.commands import (command_ui, command_us, plain_find_response, received_store_primitive,
+from scp.commands import (command_ui, command_us, plain_find_response, plain_retrieve_response, received_primitive,
                           store_request_primitive, store_response_command, store_response_primitive)
 from scu.direct_store import store_command_set
 
@@ -95,14 +95,65 @@ def test_anything_else_is_left_to_pynetdicom(changed):
 
 def test_a_received_command_set_is_read_once_as_request_or_response():
     """What the fast path calls on every received command set: the same primitive as the
-    request or response reader gives, and None for any other message."""
+    request or response reader gives, with whether a data set follows."""
     request = _pynetdicom_request()
-    assert vars(received_store_primitive(request)) == vars(store_request_primitive(request))
+    primitive, data_follows = received_primitive(request)
+    assert vars(primitive) == vars(store_request_primitive(request)) and data_follows
     response = store_response_command(7, CT, "1.2.3.4", 0x0000)
-    assert vars(received_store_primitive(response)) == vars(store_response_primitive(response))
-    assert received_store_primitive(response).MessageIDBeingRespondedTo == 7
-    find = C_FIND()
-    find.MessageID = find.MessageIDBeingRespondedTo = 7
-    find.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
-    find.Status = 0x0000
-    assert received_store_primitive(plain_find_response(find)) is None
+    primitive, data_follows = received_primitive(response)
+    assert vars(primitive) == vars(store_response_primitive(response)) and not data_follows
+    assert primitive.MessageIDBeingRespondedTo == 7
+
+
+def _as_pynetdicom_reads_it(command: bytes, kind: type) -> dict:
+    """The primitive pynetdicom's decode and message_to_primitive make of a command set."""
+    message = {C_FIND: C_FIND_RSP, C_MOVE: C_MOVE_RSP, C_GET: C_GET_RSP}[kind]()
+    message.command_set = decode(io.BytesIO(command), True, True)
+    message.context_id = 1
+    values = vars(message.message_to_primitive())
+    values.pop("_dataset")
+    return values
+
+
+def _response(kind: type, status: int, counts: tuple[int, ...] | None = None):  # noqa: ANN202
+    primitive = kind()
+    primitive.MessageIDBeingRespondedTo = 7
+    primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    primitive.Status = status
+    if counts is not None:
+        (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
+         primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations) = counts
+    return primitive
+
+
+@pytest.mark.parametrize("kind, status, counts, data_follows", [
+    (C_FIND, 0xFF00, None, True), (C_FIND, 0x0000, None, False),
+    (C_MOVE, 0xFF00, (3, 2, 1, 0), False), (C_GET, 0xFF00, (0, 5, 0, 1), False),
+    (C_MOVE, 0x0000, None, False)])
+def test_query_and_retrieve_responses_read_as_pynetdicom_reads_them(kind, status, counts, data_follows):
+    """Every Pending answer of a C-FIND, C-MOVE or C-GET this node asks for is read here."""
+    sent = _response(kind, status, counts)
+    if data_follows:
+        sent.Identifier = io.BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    command = plain_find_response(sent) if kind is C_FIND else plain_retrieve_response(sent)
+    if command is None:  # a final C-MOVE answer: as pynetdicom encodes it
+        message = C_MOVE_RSP()
+        message.primitive_to_message(sent)
+        command = encode(message.command_set, True, True)
+    primitive, follows = received_primitive(command)
+    assert follows == data_follows
+    assert type(primitive) is kind
+    values = vars(primitive)
+    values.pop("_dataset")
+    values.pop("_context_id", None)
+    expected = _as_pynetdicom_reads_it(command, kind)
+    expected.pop("_context_id", None)
+    assert values == expected
+
+
+def test_responses_with_more_than_the_counts_are_left_to_pynetdicom():
+    failed = _response(C_MOVE, 0xA701, (0, 0, 2, 0))
+    message = C_MOVE_RSP()
+    message.primitive_to_message(failed)
+    message.command_set.ErrorComment = "out of resources"
+    assert received_primitive(encode(message.command_set, True, True)) is None

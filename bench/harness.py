@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -235,9 +236,19 @@ def start_node(folder: Path, *, ae_title: str = "PACSNODE", timeout: float = 60.
         proc = subprocess.Popen([node_python(), "-m", "node", "--config", str(config), "serve"],
                                 cwd=folder, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
+    web_port = tomllib.loads(config.read_text())["web"]["port"]
+
+    def http_ready() -> bool:  # the node serves HTTP after DIMSE: timed steps start after both
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=2) as response:
+                return response.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
     try:
         wait_until(lambda: echo_ok(port, ae_title), what="node", timeout=timeout,
                    proc=proc, log_path=log_path)
+        wait_until(http_ready, what="node HTTP", timeout=timeout, proc=proc, log_path=log_path)
         yield NodePeer("node", ae_title, port, proc, folder, log_path, config=config)
     finally:
         stop_process(proc)

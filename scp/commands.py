@@ -189,7 +189,9 @@ def _query_retrieve_response(values: dict[int, int | str]) -> C_FIND | C_MOVE | 
     kind = _RESPONSE_TYPES[values[0x0100]]
     present = frozenset(values)
     counts = present - _RESPONSE_ELEMENTS
-    if not _RESPONSE_ELEMENTS <= present or (counts and kind is C_FIND) or not counts <= _SUB_OPERATION_COUNTS.keys():
+    if not _RESPONSE_ELEMENTS <= present or not counts <= _SUB_OPERATION_COUNTS.keys():
+        return None
+    if counts and kind is C_FIND:  # a C-FIND answer has no sub-operations
         return None
     primitive = kind()
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -35,6 +34,7 @@ from node.config import Settings
 from node.ingest import Ingestor
 from scp.storage import handle_store
 from scu.association import associate, client_ae, end_association, let_reactor_resume, remote_named
+from scu.direct_store import pause_reactor
 from scu.errors import AssociationFailed, RemoteStatusError
 from scu.find import build_identifier, find_contexts, find_on, row_of
 from scu.jobs import SeriesPlan, instance_uids_of, present_uids
@@ -166,9 +166,7 @@ def retrieve_answers(assoc: Association, model: str, identifier: Dataset, msg_id
     syntax = context.transfer_syntax[0]
     request.Identifier = io.BytesIO(encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian,
                                            syntax.is_deflated))
-    assoc._reactor_checkpoint.clear()  # the reactor must not take the answers off the queue
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    pause_reactor(assoc)  # the reactor must not take the answers off the queue
     try:
         assoc.dimse.send_msg(request, context.context_id)
         while True:

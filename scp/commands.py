@@ -85,6 +85,8 @@ def plain_find_response(primitive: Any) -> bytes | None:
 
 
 _RETRIEVE_COMMAND_FIELDS = {C_GET: 0x8010, C_MOVE: 0x8021}
+_SUB_OPERATION_COUNTS = {0x1020: "NumberOfRemainingSuboperations", 0x1021: "NumberOfCompletedSuboperations",
+                         0x1022: "NumberOfFailedSuboperations", 0x1023: "NumberOfWarningSuboperations"}
 
 
 def plain_retrieve_response(primitive: Any) -> bytes | None:
@@ -100,15 +102,14 @@ def plain_retrieve_response(primitive: Any) -> bytes | None:
         return None
     if primitive.Identifier is not None:  # a final Warning/Failure with its UID list
         return None
-    counts = (primitive.NumberOfRemainingSuboperations, primitive.NumberOfCompletedSuboperations,
-              primitive.NumberOfFailedSuboperations, primitive.NumberOfWarningSuboperations)
+    counts = {element: getattr(primitive, name) for element, name in _SUB_OPERATION_COUNTS.items()}
     return command_set(
         command_ui(0x0002, primitive.AffectedSOPClassUID),
         command_us(0x0100, command_field),
         command_us(0x0120, primitive.MessageIDBeingRespondedTo),
         command_us(0x0800, 0x0101),
         command_us(0x0900, primitive.Status),
-        *(command_us(0x1020 + n, count) for n, count in enumerate(counts) if count is not None),
+        *(command_us(element, count) for element, count in counts.items() if count is not None),
     )
 
 
@@ -178,10 +179,8 @@ def received_primitive(command: bytes) -> tuple[C_STORE | C_FIND | C_MOVE | C_GE
     return None if primitive is None else (primitive, True)
 
 
-_RESPONSE_TYPES = {0x8020: C_FIND, 0x8021: C_MOVE, 0x8010: C_GET}
+_RESPONSE_TYPES = {0x8020: C_FIND, **{field: kind for kind, field in _RETRIEVE_COMMAND_FIELDS.items()}}
 _RESPONSE_ELEMENTS = frozenset({0x0002, 0x0100, 0x0120, 0x0800, 0x0900})
-_SUB_OPERATION_COUNTS = {0x1020: "NumberOfRemainingSuboperations", 0x1021: "NumberOfCompletedSuboperations",
-                         0x1022: "NumberOfFailedSuboperations", 0x1023: "NumberOfWarningSuboperations"}
 
 
 def _query_retrieve_response(values: dict[int, int | str]) -> C_FIND | C_MOVE | C_GET | None:

@@ -28,7 +28,6 @@ import fnmatch
 import statistics
 import subprocess
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,7 +79,7 @@ def node_service(peer: NodePeer) -> Service:
                             capture_output=True, cwd=peer.folder, timeout=60)
     if result.returncode != 0:
         raise BenchError(f"node user add failed: {result.stderr.strip()}")
-    base = f"http://127.0.0.1:{tomllib.loads(peer.config.read_text())['web']['port']}"
+    base = f"http://127.0.0.1:{peer.web_port}"
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -164,6 +164,7 @@ class Peer:
 @dataclass
 class NodePeer(Peer):
     config: Path = field(default=Path())
+    web_port: int = 0
 
     def stats(self) -> dict[str, int]:
         """``python -m node stats --json``: the catalogue's own counts."""
@@ -249,7 +250,7 @@ def start_node(folder: Path, *, ae_title: str = "PACSNODE", timeout: float = 60.
         wait_until(lambda: echo_ok(port, ae_title), what="node", timeout=timeout,
                    proc=proc, log_path=log_path)
         wait_until(http_ready, what="node HTTP", timeout=timeout, proc=proc, log_path=log_path)
-        yield NodePeer("node", ae_title, port, proc, folder, log_path, config=config)
+        yield NodePeer("node", ae_title, port, proc, folder, log_path, config=config, web_port=web_port)
     finally:
         stop_process(proc)
 

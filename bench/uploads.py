@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def _push_seconds(ctx: RunContext, files: list[Path], folder: Path) -> float:
                              cwd=peer.folder, timeout=60)
         if add.returncode != 0:
             raise BenchError(f"node user add failed: {add.stderr.strip()}")
-        base = f"http://127.0.0.1:{tomllib.loads(peer.config.read_text())['web']['port']}"
+        base = f"http://127.0.0.1:{peer.web_port}"
         outbox = ctx.folder / "outbox"
         env = {**os.environ, "PACSNODE_USER": "bench", "PACSNODE_PASSWORD": PASSWORD}
         started = time.perf_counter()

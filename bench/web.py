@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import threading
 import time
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ class HttpTarget:
 
 
 def _node_target(peer: NodePeer) -> HttpTarget:
-    web_port = tomllib.loads(peer.config.read_text())["web"]["port"]
+    web_port = peer.web_port
     result = subprocess.run([node_python(), "-m", "node", "--config", str(peer.config), "user", "add",
                              "bench", "--role", "viewer"], input=PASSWORD + "\n", text=True,
                             capture_output=True, cwd=peer.folder, timeout=60)

@@ -178,7 +178,7 @@ async def create_session(request: Request) -> JSONResponse:
     """201 and Location for a new session; 200 with the session already carrying this file."""
     sessions = sessions_of(request)
     new = new_session_from(await json_object(request, empty_ok=True), sessions.limits.max_size)
-    record, created = await run_in_threadpool(sessions.create, caller_of(request), new)
+    record, created = await sessions.create(caller_of(request), new)
     location = f"{BASE}{record.session_id}"
     return JSONResponse(session_json(record), status_code=201 if created else 200,
                         headers={"Location": location})
@@ -197,7 +197,7 @@ async def put_metadata(request: Request) -> JSONResponse:
     """The body is the metadata object; stored before any byte (QUEUED -> METADATA_UPLOADED)."""
     session_id = session_id_param(request)
     metadata = await json_object(request, empty_ok=True)
-    record = await run_in_threadpool(sessions_of(request).put_metadata, caller_of(request), session_id, metadata)
+    record = await sessions_of(request).put_metadata(caller_of(request), session_id, metadata)
     return JSONResponse(session_json(record))
 
 
@@ -207,8 +207,7 @@ async def acknowledge(request: Request) -> JSONResponse:
     """SYNCED -> ACK_RECEIVED, for the image the client was told: it may delete its copy."""
     session_id = session_id_param(request)
     server_image_id = _text(await json_object(request, empty_ok=True), "serverImageId", required=True, limit=64) or ""
-    record = await run_in_threadpool(sessions_of(request).acknowledge, caller_of(request), session_id,
-                                     server_image_id)
+    record = await sessions_of(request).acknowledge(caller_of(request), session_id, server_image_id)
     return JSONResponse(session_json(record))
 
 

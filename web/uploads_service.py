@@ -10,6 +10,7 @@ SYNCED, so SYNCED always means "stored durably and catalogued".
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
@@ -61,19 +62,18 @@ class UploadSessions:
         self.parts = PartFiles(data_dir / "uploads")
         self.ingestor = ingestor  # node.ingest.Ingestor
         self.now = clock
-        writer = getattr(ingestor, "writer", None)
-        self._run_in_writer = writer.run if writer is not None else None
+        self._writer = getattr(ingestor, "writer", None)  # db.writer.CatalogueWriter
 
     # --- the JSON resource ------------------------------------------------------------------
 
-    def create(self, caller: Caller, new: NewSession) -> tuple[db.SessionRecord, bool]:
+    async def create(self, caller: Caller, new: NewSession) -> tuple[db.SessionRecord, bool]:
         """A new QUEUED session, or (False) the caller's session already carrying this digest
         for this order: one file is never uploaded, nor stored, twice."""
         if new.size > self.limits.max_size:
             raise TooLarge(f"size {new.size} exceeds the node's limit of {self.limits.max_size} bytes")
         for _ in range(2):
             now = self.now()
-            record, created = self._write(lambda: db.create_session(
+            record, created = await self._write_soon(lambda: db.create_session(
                 session_id=str(uuid.uuid4()), owner=caller.username, file_name=new.file_name,
                 size=new.size, sha256=new.sha256, content_type=new.content_type,
                 order_id=new.order_id, metadata=new.metadata, now=now, expires_at=self._expiry(now)))
@@ -82,8 +82,7 @@ class UploadSessions:
             if record.size != new.size:
                 raise IdentityConflict(f"session {record.session_id} has this SHA-256 with size "
                                        f"{record.size}, not {new.size}", record.status)
-            with database.connection_context():
-                record = self._expire_if_due(record)
+            record = await asyncio.to_thread(self._expire_if_due_now, record)
             if record.status != db.EXPIRED:  # expired just now: its key is free, try again
                 return record, False
         raise InvalidTransition("the session for this file keeps expiring; try again")  # pragma: no cover
@@ -92,7 +91,7 @@ class UploadSessions:
         with database.connection_context():
             return self._visible(caller, session_id)
 
-    def put_metadata(self, caller: Caller, session_id: str, metadata: dict[str, Any]) -> db.SessionRecord:
+    async def put_metadata(self, caller: Caller, session_id: str, metadata: dict[str, Any]) -> db.SessionRecord:
         """Metadata comes before the bytes; it may be replaced until the first byte arrives."""
 
         def store(record: db.SessionRecord) -> db.SessionRecord:
@@ -103,9 +102,9 @@ class UploadSessions:
                                    steps=(db.METADATA_UPLOADED,), detail="metadata stored",
                                    what="store metadata", metadata=metadata, expires_at=self._expiry(self.now()))
 
-        return self._step(caller, session_id, store)
+        return await self._step(caller, session_id, store)
 
-    def acknowledge(self, caller: Caller, session_id: str, server_image_id: str) -> db.SessionRecord:
+    async def acknowledge(self, caller: Caller, session_id: str, server_image_id: str) -> db.SessionRecord:
         """SYNCED -> ACK_RECEIVED: the client may now delete its copy. Repeating it is harmless."""
 
         def confirm(record: db.SessionRecord) -> db.SessionRecord:
@@ -123,7 +122,7 @@ class UploadSessions:
                     return current
                 raise
 
-        return self._step(caller, session_id, confirm)
+        return await self._step(caller, session_id, confirm)
 
     def retry(self, caller: Caller, session_id: str) -> db.SessionRecord:
         """FAILED -> again. Sound kept bytes (the digest matched) are ingested again at once;
@@ -261,6 +260,10 @@ class UploadSessions:
                 with self.parts.locked(path.stem) as part:
                     part.remove()
 
+    def _expire_if_due_now(self, record: db.SessionRecord) -> db.SessionRecord:
+        with database.connection_context():
+            return self._expire_if_due(record)
+
     def _expire_if_due(self, record: db.SessionRecord) -> db.SessionRecord:
         now = self.now()
         return self._expire(record, now) if self._due(record, now) else record
@@ -301,12 +304,14 @@ class UploadSessions:
         assert current is not None  # sessions are never deleted
         return current
 
-    def _step(self, caller: Caller, session_id: str,
-              step: Callable[[db.SessionRecord], db.SessionRecord]) -> db.SessionRecord:
+    async def _step(self, caller: Caller, session_id: str,
+                    step: Callable[[db.SessionRecord], db.SessionRecord]) -> db.SessionRecord:
         """Read the caller's session and apply ``step`` in one catalogue transaction of the
-        writer thread: no connection of the request's own (opening one costs more than the
-        step). A session due to expire (or a server without a writer) takes the ordinary way,
-        where it is expired under its part file's lock first."""
+        writer thread, awaited by the event loop: the request holds no worker thread of its
+        own, whose hand-overs (loop, worker, writer and back, each waking a thread that then
+        waits for the GIL) cost more than the step. A session due to expire (or a server
+        without a writer) takes the ordinary way in a worker thread, where it is expired under
+        its part file's lock first."""
 
         def read_and_step() -> db.SessionRecord | None:
             record = db.get_session(session_id)
@@ -314,12 +319,16 @@ class UploadSessions:
                 raise SessionNotFound(f"no upload session {session_id}")
             return None if self._due(record, self.now()) else step(record)
 
-        result = self._run_in_writer(read_and_step) if self._run_in_writer is not None else None
+        result = await self._write_soon(read_and_step) if self._writer is not None else None
         if result is not None:
             return result
-        with database.connection_context():
-            record = self._visible(caller, session_id)  # expired here if due (its own write)
-            return self._write(lambda: step(record))
+
+        def step_the_ordinary_way() -> db.SessionRecord:
+            with database.connection_context():
+                record = self._visible(caller, session_id)  # expired here if due (its own write)
+                return self._write(lambda: step(record))
+
+        return await asyncio.to_thread(step_the_ordinary_way)
 
     def _move_here(self, record: db.SessionRecord, caller: Caller, *, expect: tuple[str, ...],
                    steps: tuple[str, ...], detail: str, what: str, **changes: Any) -> db.SessionRecord:
@@ -347,7 +356,13 @@ class UploadSessions:
         """Catalogue writes go through the ingest path's writer thread when there is one
         (steps arriving together share its commit, db.writer), a read-only server writes
         directly."""
-        return self._run_in_writer(work) if self._run_in_writer is not None else work()
+        return self._writer.run(work) if self._writer is not None else work()
+
+    async def _write_soon(self, work: Callable[[], Any]) -> Any:
+        """``_write`` awaited by the event loop (no worker thread waits for the writer)."""
+        if self._writer is None:
+            return await asyncio.to_thread(work)
+        return await asyncio.wrap_future(self._writer.submit_call(work))
 
     def _check_accepts(self, record: db.SessionRecord, offset: int, length: int) -> None:
         if record.status == db.EXPIRED:

@@ -13,8 +13,7 @@ from typing import Iterator
 from peewee import IntegrityError
 
 from db.models import AuditEntry, RefreshToken, User, database
-
-ROLES = ("admin", "viewer", "uploader")
+from db.roles import ROLES
 
 
 class AccountError(Exception):

@@ -22,12 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not getattr(args, "needs_config", True):  # push runs on a sending site: no configuration, no catalogue
+        return args.run(None, args)
     from db.catalogue import CatalogueError
 
     try:
-        # push runs on a sending site: it needs no node configuration
-        settings = load_settings(args.config) if getattr(args, "needs_config", True) else None
-        return args.run(settings, args)
+        return args.run(load_settings(args.config), args)
     except (ConfigError, CatalogueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

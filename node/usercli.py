@@ -23,7 +23,7 @@ def valid_username(name: str) -> bool:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from db.accounts import ROLES
+    from db.roles import ROLES
 
     user = sub.add_parser("user", help="HTTP API users: add, list, disable, role")
     actions = user.add_subparsers(dest="user_command", required=True)

@@ -25,12 +25,15 @@ limits lifted (a benchmark is one busy viewer).
 from __future__ import annotations
 
 import fnmatch
+import socket
 import statistics
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 
@@ -199,6 +202,56 @@ def measure_ct(service: Service) -> CtFigures:
     return CtFigures(metadata, retrieve, frame_ms)
 
 
+@contextmanager
+def bare_sendfile_server(paths: list[Path]) -> Iterator[str]:
+    """An HTTP/1.1 server answering every request with ``paths``' bytes one after another by
+    sendfile(2) and nothing else (no framing, no lookups): the floor of sending those bytes
+    to curl on this machine, against which the peers' series retrieve is read."""
+    sizes = [path.stat().st_size for path in paths]
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % sum(sizes))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # shut down
+                return
+            with conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports
+                pending = b""
+                while data := conn.recv(65536):
+                    pending += data
+                    while b"\r\n\r\n" in pending:
+                        pending = pending.split(b"\r\n\r\n", 1)[1]
+                        conn.sendall(head)
+                        for path, size in zip(paths, sizes):
+                            with open(path, "rb") as fh:
+                                conn.sendfile(fh, 0, size)
+
+    thread = threading.Thread(target=serve, name="bare-sendfile", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+        thread.join(timeout=10)
+
+
+def floor_note(ctx: RunContext, data_folder: Path, count: int) -> None:
+    """A note with the floor of the series retrieve: ``count`` of the study's files sent by
+    ``bare_sendfile_server`` to the same curl, timed the same way."""
+    paths = sorted(data_folder.glob("*.dcm"))[:count]
+    with bare_sendfile_server(paths) as root:
+        seconds = median_seconds(Service("bare sendfile", root, {}), "/", {})
+    megabytes = sum(path.stat().st_size for path in paths) / 1e6
+    ctx.notes.append(f"dicomweb-ct run {ctx.index + 1}: {count} of the study's files ({megabytes:.0f} MB) "
+                     f"sent raw by a bare sendfile(2) loop to the same curl: {seconds * 1000:.1f} ms, "
+                     f"median of {RUNS} (the floor under the series retrieve rows on this machine)")
+
+
 def require_plugin() -> None:
     if not Path(PLUGIN).exists():
         raise BenchError(f"{PLUGIN} not found (Debian package orthanc-dicomweb)")
@@ -217,6 +270,7 @@ def ct_rows(ctx: RunContext) -> list[Row]:
             service = node_service(peer) if label == "node" else orthanc_service(peer)
             figures[label] = measure_ct(service)
             ctx.note_log_problems(peer)
+    floor_note(ctx, data.folder, CT_2X250.count // CT_2X250.series)
     node, orthanc = figures["node"], figures["Orthanc"]
     return [
         Row("DICOMweb series metadata, 250 instances", f"ms, median of {RUNS}",

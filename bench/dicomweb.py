@@ -14,7 +14,9 @@ Every answer is first checked once with httpx, decoded (instance count of the me
 and bytes of the retrieve, frame sizes, QIDO matches against the generated data; a wrong
 answer fails the run), then timed with curl: one process, one keep-alive connection, one
 warm-up request, curl's own per-transfer time (request to last byte, bodies discarded), so a
-Python client's parsing is not in the figures. Timings are medians of ``RUNS`` (frames: the
+Python client's parsing is not in the figures. Each run also notes the floor under the series
+retrieve rows: the same number of the study's files sent raw (sendfile(2), no framing, no
+lookups) by a bare server in this process to the same curl, timed the same way. Timings are medians of ``RUNS`` (frames: the
 mean over 250 instances, each instance's frame asked for once, as a viewer scrolling a series
 does; the series retrieve before has read the files into the page cache for both peers). Requests say ``Accept-Encoding: gzip, deflate`` as browsers do:
 Orthanc gzips single-frame answers then, the node does not compress pixels. Orthanc runs its plugin with its defaults (metadata read

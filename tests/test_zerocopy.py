@@ -4,6 +4,7 @@ wrong, when a file changes or the client leaves."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -69,7 +70,7 @@ def served(make_settings, monkeypatch) -> Iterator[Served]:
 
 @pytest.fixture
 def sendfile_calls(monkeypatch) -> list[int]:
-    """The byte counts asked of every os.sendfile call asyncio makes in this process (noted
+    """The byte counts asked of every os.sendfile call made in this process (noted
     before the call: the client may have every byte before the server's thread runs again)."""
     calls: list[int] = []
     real = os.sendfile
@@ -153,16 +154,17 @@ def test_a_file_truncated_after_listing_cuts_the_body(served, sendfile_calls, mo
 
 
 def test_a_file_cut_while_it_is_sent_cuts_the_body(served, monkeypatch, caplog):
-    real = zerocopy.FileSender.send_file
-    seen = []
+    real = os.sendfile
+    files: list[int] = []
 
-    async def truncating(self, file, offset, count):  # noqa: ANN001, ANN202
-        seen.append(file.name)
-        if len(seen) == 2:  # after the size check, before the kernel reads it
-            os.truncate(file.name, count // 3)
-        await real(self, file, offset, count)
+    def truncating(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        if in_fd not in files:
+            files.append(in_fd)
+            if len(files) == 2:  # after the size check, before the kernel reads it
+                os.truncate(f"/proc/self/fd/{in_fd}", count // 3)  # the file it reads, by name
+        return real(out_fd, in_fd, offset, count)
 
-    monkeypatch.setattr(zerocopy.FileSender, "send_file", truncating)
+    monkeypatch.setattr(os, "sendfile", truncating)
     with caplog.at_level(logging.ERROR):
         length, got = _cut_body(served.series_url, served.headers)
         assert _tasks_settle(served.server)  # the server logs once the client saw the cut
@@ -188,3 +190,47 @@ def test_a_client_leaving_mid_body_leaves_nothing_behind(served, sendfile_calls,
         assert _tasks_settle(served.server)
     assert sendfile_calls and "Exception in ASGI application" not in caplog.text
     assert _get(served.series_url, served.headers).content.count(b"\r\n--" + BOUNDARY.encode()) == SERIES_SIZE
+
+
+def test_files_that_refuse_sendfile_are_copied(served, monkeypatch):
+    expected = _get(served.series_url, served.headers).content
+
+    def refusing(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.EINVAL, "sendfile not supported for this file")
+
+    monkeypatch.setattr(os, "sendfile", refusing)
+    assert _get(served.series_url, served.headers).content == expected
+
+
+def test_a_client_that_stops_reading_is_cut_off(served, monkeypatch, caplog):
+    monkeypatch.setattr(zerocopy, "STALL_SECONDS", 0.5)
+    real = zerocopy._write_parts
+
+    def small_send_buffer(fd: int, parts: list) -> None:  # so that the series does not fit in it
+        sock = socket.socket(fileno=os.dup(fd))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        sock.close()
+        real(fd, parts)
+
+    monkeypatch.setattr(zerocopy, "_write_parts", small_send_buffer)
+    host, port = served.server.address
+    path = served.series_url.removeprefix(served.base)
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+               + "".join(f"{k}: {v}\r\n" for k, v in served.headers.items()) + "\r\n").encode()
+    with caplog.at_level(logging.ERROR), socket.create_connection((host, port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(request)
+        first = sock.recv(65536)
+        head, _, body = first.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        time.sleep(2)  # takes nothing meanwhile
+        got = len(body)
+        try:
+            while chunk := sock.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert _tasks_settle(served.server)
+    assert got < length and "took no byte" in caplog.text
+    assert _get(served.instance_url, served.headers).status_code == 200

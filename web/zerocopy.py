@@ -5,14 +5,20 @@ a zerocopysend message would not reach it anyway: Starlette's GZipMiddleware dro
 types it does not know. So the outermost middleware here, when the server's ``send`` is
 uvicorn's httptools ``RequestResponseCycle`` on a plain TCP socket of an asyncio selector
 loop, puts a ``FileSender`` in ``scope["extensions"][SENDFILE]``; a response that finds it
-writes its small pieces through ``send`` as usual and hands each stored file to
-``FileSender.send_file``, which runs ``loop.sendfile`` on the cycle's transport (the loop
-waits for the transport's buffer to empty first and pauses reading meanwhile) and keeps the
-cycle's Content-Length accounting. Without it (TestClient, h11, TLS, another server or
-loop) responses copy the bytes through Python as before.
+sends its response head through ``send`` as usual and hands the parts of its body (a small
+head and a stored file each) to ``FileSender.send_parts``, which keeps the cycle's
+Content-Length accounting. Without it (TestClient, h11, TLS, another server or loop)
+responses copy the bytes through Python as before.
 
-The file goes straight from the page cache to the socket, bypassing every middleware's
-``send``: only a response whose framing no middleware rewrites may use it. ``send_file``
+``send_parts`` writes every part from one worker thread, on its own descriptor of the
+connection's socket while the transport does not read it: write(2) for the heads,
+sendfile(2) for the files, poll(2) while the socket is full. Per part there is no trip
+through the event loop then; asyncio's ``loop.sendfile`` per file (a wait for the transport's
+buffer, a pause and resume of reading, writer callbacks while the socket is full) cost a
+250-file series retrieve about a third of its time here, against a bare sendfile loop.
+
+The files go straight from the page cache to the socket, bypassing every middleware's
+``send``: only a response whose framing no middleware rewrites may use it. ``send_parts``
 checks the cycle sends a known Content-Length (a compressing middleware drops it) and
 refuses otherwise, before any byte.
 """
@@ -20,7 +26,11 @@ refuses otherwise, before any byte.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, BinaryIO
+import errno
+import io
+import os
+import select
+from typing import Any, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -31,7 +41,11 @@ except ImportError:  # uvicorn without httptools: the h11 cycle frames every byt
     RequestResponseCycle = None  # type: ignore[assignment,misc]
 
 SENDFILE = "node.sendfile"  # scope["extensions"] key of the FileSender
+STALL_SECONDS = 60.0  # a client that takes no byte for this long is cut off
 _COPY_BLOCK = 1 << 20  # the copy when sendfile(2) refuses the file (e.g. some FUSE mounts)
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+Part = tuple[bytes, str, int]  # a head, then a stored file's path and its size as stat'ed
 
 
 class FileSender:
@@ -41,47 +55,40 @@ class FileSender:
         self._cycle = cycle
         self._send = send
 
-    @property
-    def client_gone(self) -> bool:
-        return bool(self._cycle.disconnected)
+    async def send_parts(self, parts: Sequence[Part]) -> bool:
+        """Each head, then its file's bytes, as the next parts of the body; False when the
+        client went away (nothing more to send).
 
-    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
-        """``count`` bytes of ``file`` from ``offset`` as the next part of the body.
-
-        A client gone before or during the send is silent, as uvicorn's ``send`` is (later
-        sends do nothing); a file shorter than ``count`` fails the body (the connection is
-        cut, never a wrong length).
+        A client gone before or during the send is silent, as uvicorn's ``send`` is; a file
+        whose size changed since it was stat'ed, or a client that takes no byte for
+        ``STALL_SECONDS``, fails the body (the connection is cut, never a wrong length).
         """
         cycle = self._cycle
-        if not await self._may_send(count):
-            return
+        length = sum(len(head) + size for head, _, size in parts)
+        if not await self._may_send(length):
+            return not cycle.disconnected
         transport = cycle.transport
+        while transport.get_write_buffer_size() and not transport.is_closing():
+            await asyncio.sleep(0.001)  # the response head still queued: it goes first
+        if transport.is_closing():
+            cycle.disconnected = True
+            return False
+        reading = transport.is_reading()
+        transport.pause_reading()  # as loop.sendfile does: nothing else touches the socket meanwhile
+        fd = os.dup(transport.get_extra_info("socket").fileno())  # the thread's, closed by it
         try:
-            sent = await asyncio.get_running_loop().sendfile(transport, file, offset, count, fallback=False)
-        except asyncio.SendfileNotAvailableError:  # nothing sent: the client left, or the file type
-            if transport.is_closing():
-                cycle.disconnected = True
-                return
-            await self._copy(file, offset, count)
-            return
-        except ConnectionError:  # the client left mid-file
+            await run_in_threadpool(_write_parts, fd, parts)
+        except ConnectionError:  # the client left mid-body
             self._cut(transport)
-            return
-        except BaseException:  # a read error, or cancelled: part of the file may be out
+            return False
+        except BaseException:  # a file changed, the client stalled: part of the body may be out
             self._cut(transport)
             raise
-        cycle.expected_content_length -= sent
-        if sent < count:
-            self._cut(transport)
-            raise OSError(f"{getattr(file, 'name', file)} got shorter while it was being sent")
-
-    async def send_bytes(self, data: bytes) -> None:
-        """``data`` as the next part of the body, written to the transport as uvicorn's own
-        ``send`` would, without passing through every middleware's ``send`` on the way
-        (a multipart head before each file: hundreds per series)."""
-        if await self._may_send(len(data)):
-            self._cycle.expected_content_length -= len(data)
-            self._cycle.transport.write(data)
+        finally:
+            if reading and not transport.is_closing():
+                transport.resume_reading()
+        cycle.expected_content_length -= length
+        return True
 
     async def _may_send(self, count: int) -> bool:
         """False when there is nothing to send or nobody to send it to; waits while the
@@ -104,19 +111,86 @@ class FileSender:
         transport.abort()
         self._cycle.disconnected = True  # connection_lost says so too, one loop turn later
 
-    async def _copy(self, file: BinaryIO, offset: int, count: int) -> None:
-        file.seek(offset)
-        while count and not self._cycle.disconnected:
-            block = await run_in_threadpool(file.read, min(count, _COPY_BLOCK))
-            if not block:
-                raise OSError(f"{getattr(file, 'name', file)} got shorter while it was being sent")
-            count -= len(block)
-            await self._send({"type": "http.response.body", "body": block, "more_body": True})
+
+def _write_parts(fd: int, parts: Sequence[Part]) -> None:
+    """``send_parts``' thread: every part on ``fd`` (non-blocking, as the transport keeps its
+    socket), then ``fd`` closed. The next file is opened while the current one is sent, with
+    a readahead hint (POSIX_FADV_WILLNEED starts its reads and returns), so a file not in the
+    page cache is mostly read by then."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+
+    def wait() -> None:
+        if not poller.poll(STALL_SECONDS * 1000):
+            raise TimeoutError(f"the client took no byte for {STALL_SECONDS:.0f} s")
+
+    ahead = _open_with_readahead(parts[0][1]) if parts else None
+    try:
+        for index, (head, _, size) in enumerate(parts):
+            current = ahead
+            with current:  # type: ignore[union-attr]
+                ahead = _open_with_readahead(parts[index + 1][1]) if index + 1 < len(parts) else None
+                _check_size(current, size)  # a shorter file the send notices; a longer one it would not
+                _write_all(fd, memoryview(head), wait)
+                _send_file(fd, current, size, wait)  # type: ignore[arg-type]
+    finally:
+        if ahead is not None:
+            ahead.close()
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview, wait: Any) -> None:
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            wait()
+
+
+def _send_file(fd: int, file: io.FileIO, size: int, wait: Any) -> None:
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(fd, file.fileno(), offset, size - offset)
+        except BlockingIOError:
+            wait()
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_SENDFILE or offset:
+                raise
+            _copy_file(fd, file, size, wait)  # this file's type refuses sendfile(2)
+            return
+        if not sent:
+            raise OSError(f"{file.name} got shorter while it was being sent")
+        offset += sent
+
+
+def _copy_file(fd: int, file: io.FileIO, size: int, wait: Any) -> None:
+    offset = 0
+    while offset < size:
+        block = os.pread(file.fileno(), min(size - offset, _COPY_BLOCK), offset)
+        if not block:
+            raise OSError(f"{file.name} got shorter while it was being sent")
+        _write_all(fd, memoryview(block), wait)
+        offset += len(block)
+
+
+def _open_with_readahead(path: str) -> io.FileIO:
+    fh = io.FileIO(path, "rb")
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+    return fh
+
+
+def _check_size(fh: io.FileIO, size: int) -> None:
+    now = os.fstat(fh.fileno()).st_size
+    if now != size:
+        raise OSError(f"{fh.name} got {'shorter' if now < size else 'longer'} while it was being sent")
 
 
 def file_sender(scope: Scope, send: Send) -> FileSender | None:
     """A FileSender when ``send`` is uvicorn's httptools cycle on a plain TCP socket of an
-    asyncio selector loop (where ``loop.sendfile`` uses sendfile(2)), else None."""
+    asyncio selector loop (where the transport's socket is a plain one), else None."""
     cycle = getattr(send, "__self__", None)
     if RequestResponseCycle is None or not isinstance(cycle, RequestResponseCycle):
         return None

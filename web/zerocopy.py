@@ -68,20 +68,33 @@ class FileSender:
         if not await self._may_send(length):
             return not cycle.disconnected
         transport = cycle.transport
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STALL_SECONDS
         while transport.get_write_buffer_size() and not transport.is_closing():
+            if loop.time() > deadline:
+                self._cut(transport)
+                return False
             await asyncio.sleep(0.001)  # the response head still queued: it goes first
         if transport.is_closing():
             cycle.disconnected = True
             return False
         reading = transport.is_reading()
         transport.pause_reading()  # as loop.sendfile does: nothing else touches the socket meanwhile
-        fd = os.dup(transport.get_extra_info("socket").fileno())  # the thread's, closed by it
+        fd = os.dup(transport.get_extra_info("socket").fileno())  # the thread's: it closes it
+        started = []
+
+        def write() -> None:
+            started.append(True)
+            _write_parts(fd, parts)
+
         try:
-            await run_in_threadpool(_write_parts, fd, parts)
+            await run_in_threadpool(write)
         except ConnectionError:  # the client left mid-body
             self._cut(transport)
             return False
         except BaseException:  # a file changed, the client stalled: part of the body may be out
+            if not started:  # cancelled before a thread took it (never after: that wait is shielded)
+                os.close(fd)
             self._cut(transport)
             raise
         finally:

@@ -51,9 +51,8 @@ Part = tuple[bytes, str, int]  # a head, then a stored file's path and its size 
 class FileSender:
     """Sends stored files on one uvicorn request-response cycle's socket with sendfile(2)."""
 
-    def __init__(self, cycle: Any, send: Send) -> None:
+    def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
-        self._send = send
 
     async def send_parts(self, parts: Sequence[Part]) -> bool:
         """Each head, then its file's bytes, as the next parts of the body; False when the
@@ -214,7 +213,7 @@ def file_sender(scope: Scope, send: Send) -> FileSender | None:
         return None
     if not isinstance(asyncio.get_running_loop(), asyncio.SelectorEventLoop):
         return None
-    return FileSender(cycle, send)
+    return FileSender(cycle)
 
 
 class SendfileMiddleware:
